@@ -1,0 +1,68 @@
+"""The `dgmeta` command. Each sub-command lives in its own module with a ``register(app)``.
+
+User mistakes (:class:`dgmeta.errors.DgmetaError`) end as one line on stderr and a non-zero
+exit code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from dgmeta.errors import DgmetaError
+
+app = typer.Typer(
+    name="dgmeta",
+    help="Domain generalization / adaptation with meta-learning: train, evaluate, compare, retrain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+COMMAND_MODULES = (
+    "dgmeta.cli.run_cmd",
+    "dgmeta.cli.data_cmd",
+    "dgmeta.cli.fewshot_cmd",
+    "dgmeta.cli.compare_cmd",
+    "dgmeta.cli.sweep_cmd",
+    "dgmeta.cli.retrain_cmd",
+    "dgmeta.cli.schedule_cmd",
+)
+
+for _module in COMMAND_MODULES:
+    try:
+        importlib.import_module(_module).register(app)
+    except ModuleNotFoundError as _exc:  # a command still being written must not break the others
+        if _exc.name != _module:
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    try:
+        app(args=argv, standalone_mode=False)
+    except DgmetaError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            print("error: aborted", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Turns a learner's declared stages into optimizer steps.
+
+One SGD optimizer per stage (MCD's stages keep separate momentum, as in the paper), with two
+parameter groups: the pretrained featurizer at ``lr`` and heads trained from scratch at
+``lr * head_lr_mult``. Subclasses (the meta wrappers in ``dgmeta.meta``) add gradients
+through :meth:`StageStepper.add_gradients` without the learner knowing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dgmeta.errors import TrainingError
+from dgmeta.learners.base import Batch, Learner, Stage
+
+
+def learning_rate_factor(schedule: str, progress: float, step: int, warmup_steps: int) -> float:
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if schedule == "cosine":
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    if schedule == "dann":  # Ganin & Lempitsky: mu_p = mu_0 / (1 + 10 p)^0.75
+        return warm / (1.0 + 10.0 * progress) ** 0.75
+    return warm
+
+
+class StageStepper:
+    def __init__(self, learner: Learner, hparams: dict, total_steps: int | None = None):
+        self.learner = learner
+        self.hparams = hparams
+        self.total_steps = total_steps or learner.context.total_steps
+        self.stages: list[Stage] = learner.stages()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            stage.name: self._make_optimizer(stage) for stage in self.stages
+        }
+        self.step_count = 0
+
+    def _make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
+        lr = float(self.hparams.get("lr", 0.01))
+        head_mult = float(self.hparams.get("head_lr_mult", 1.0))
+        heads = set(self.learner.head_module_names())
+        groups = []
+        for module_name in stage.modules:
+            params = [p for p in getattr(self.learner, module_name).parameters() if p.requires_grad]
+            if params:
+                group_lr = lr * head_mult if module_name in heads else lr
+                groups.append({"params": params, "lr": group_lr, "initial_lr": group_lr, "name": module_name})
+        return torch.optim.SGD(
+            groups,
+            lr=lr,
+            momentum=float(self.hparams.get("momentum", 0.9)),
+            nesterov=float(self.hparams.get("momentum", 0.9)) > 0,
+            weight_decay=float(self.hparams.get("weight_decay", 0.0)),
+        )
+
+    # -- the step ----------------------------------------------------------------------
+    def progress(self) -> float:
+        return min(1.0, self.step_count / max(1, self.total_steps))
+
+    def _set_learning_rates(self) -> None:
+        factor = learning_rate_factor(
+            str(self.hparams.get("lr_schedule", "constant")),
+            self.progress(),
+            self.step_count,
+            int(self.hparams.get("warmup_steps", 0)),
+        )
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+
+    def step(self, batch: Batch, progress: float | None = None) -> dict[str, float]:
+        """One training iteration over all stages; returns the logged loss terms."""
+        p = self.progress() if progress is None else progress
+        self.learner.train()
+        self._set_learning_rates()
+        logs: dict[str, float] = {}
+        for index, stage in enumerate(self.stages):
+            opt = self.optimizers[stage.name]
+            for _ in range(stage.repeat):
+                opt.zero_grad(set_to_none=True)
+                objective = self.learner(batch, stage=stage.name, progress=p)
+                self._check_finite(stage, objective)
+                objective.loss.backward()
+                if index == 0:
+                    logs.update(self.add_gradients(batch, p))
+                clip = float(self.hparams.get("grad_clip", 0.0))
+                if clip > 0:
+                    torch.nn.utils.clip_grad_norm_(
+                        [q for g in opt.param_groups for q in g["params"]], clip
+                    )
+                opt.step()
+                prefix = "" if len(self.stages) == 1 else f"{stage.name}/"
+                for name, value in objective.terms.items():
+                    logs[prefix + name] = float(value)
+                logs[prefix + "loss"] = float(objective.loss.detach())
+        self.step_count += 1
+        return logs
+
+    def add_gradients(self, batch: Batch, progress: float) -> dict[str, float]:
+        """Hook: add extra gradients into ``.grad`` before the first stage's optimizer step."""
+        return {}
+
+    def _check_finite(self, stage: Stage, objective) -> None:
+        if torch.isfinite(objective.loss).item():
+            return
+        bad = [n for n, v in objective.terms.items() if not torch.isfinite(v).all().item()]
+        term = bad[0] if bad else "loss"
+        raise TrainingError(
+            f"non-finite loss at step {self.step_count}: term {term!r} of stage {stage.name!r} in learner {self.learner.name!r}",
+            "lower --set lr=... or enable --set grad_clip=1.0; the last good checkpoint is kept",
+        )
+
+    # -- persistence ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step_count": self.step_count,
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])
+        for name, opt_state in state["optimizers"].items():
+            self.optimizers[name].load_state_dict(opt_state)
+
+
+def trainable_parameters(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}
