@@ -1,0 +1,83 @@
+"""The resolved configuration of a `dgmeta run`, and its hash (used to group, resume and skip runs)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from dgmeta.errors import ConfigError
+
+# Fields that do not change what is computed are left out of the hash.
+_NOT_HASHED = {"tracking_uri", "experiment", "quiet", "data_root", "cache_dir", "run_name", "targets", "seeds", "fewshot", "resume", "checkpoint_every", "nproc"}
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "pacs"
+    base: str = "erm"
+    meta: str = "none"
+    protocol: str | None = None  # None: the learner's default (dg for erm/jigen, msda for dann/mcd)
+    targets: list[str] | None = None  # None: every domain in turn
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int = 300
+    batch_size: int = 32  # per source domain
+    image_size: int = 128
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "imagenet"
+    split: str = "official"
+    shots: int = 3  # labelled target images per class under ssda
+    eval_every: int = 100
+    hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the registry defaults
+    data_root: str | None = None
+    cache_dir: str | None = None
+    experiment: str = "dgmeta"
+    tracking_uri: str | None = None
+    precision: str = "fp32"
+    channels_last: bool = True
+    deterministic: bool = False
+    checkpoint_every: int = 0
+    resume: str | None = None
+    fewshot: dict[str, Any] | None = None
+    nproc: int = 1
+    run_name: str | None = None
+    quiet: bool = False
+
+    def validate(self) -> "RunConfig":
+        for name in ("steps", "batch_size", "image_size", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                flag = name.replace("_", "-")
+                raise ConfigError(f"--{flag} must be a positive integer, got {value}", f"pass e.g. --{flag} {RunConfig.__dataclass_fields__[name].default}")
+        if self.image_size < 16:
+            raise ConfigError(f"--image-size {self.image_size} is too small", "use at least 16 pixels (128 or 224 for real runs)")
+        if self.split not in ("official", "random"):
+            raise ConfigError(f"unknown --split {self.split!r}", "choose official or random")
+        if self.protocol is not None and self.protocol not in ("dg", "msda", "ssda"):
+            raise ConfigError(f"unknown --protocol {self.protocol!r}", "choose one of: dg, msda, ssda")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"unknown --precision {self.precision!r}", "choose fp32 or bf16")
+        if not self.seeds:
+            raise ConfigError("no --seed given", "pass at least one, e.g. --seed 0")
+        if self.shots <= 0:
+            raise ConfigError(f"--shots must be positive, got {self.shots}", "pass e.g. --shots 3")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key {unknown[0]!r}", f"known keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def config_hash(self, **extra: Any) -> str:
+        """Hash of everything that changes the result of one (target, seed) run."""
+        payload = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
+        payload.update(extra)
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
