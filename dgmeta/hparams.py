@@ -39,7 +39,6 @@ _LEARNERS: dict[str, dict[str, tuple[Any, Draw, str]]] = {
     },
     "mcd": {
         "num_k": (4, lambda r: int(r.choice([1, 2, 4])), "generator steps (C) per iteration"),
-        "mcd_hidden": (0, lambda r: 0, "hidden width of each classifier (0: linear)"),
     },
     "jigen": {
         "num_permutations": (30, lambda r: int(r.choice([30, 100])), "permutation classes P"),

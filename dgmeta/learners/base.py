@@ -126,6 +126,11 @@ class Learner(nn.Module):
         """Class logits."""
         return self.classifier(self.featurizer(x))
 
+    def export_classifier(self) -> nn.Module:
+        """The head to save with the featurizer: must give the same predictions as ``predict``
+        (MCD folds its two classifiers into one)."""
+        return self.classifier
+
     def forward(self, inputs, stage: str | None = None, progress: float = 0.0):
         """``forward(x)`` -> logits; ``forward(batch, stage=name, progress=p)`` -> Objective."""
         if stage is None:
@@ -145,6 +150,15 @@ class Learner(nn.Module):
             for n, p in self.named_parameters()
             if p.requires_grad and n.split(".", 1)[0] in stage.modules
         ]
+
+    def target_images(self, batch: Batch) -> Tensor:
+        """``batch.target_x``, or a one-line error when a DA protocol's batch has none."""
+        if batch.target_x is None or batch.target_x.shape[0] == 0:
+            raise ConfigError(
+                f"--base {self.name} under --protocol {self.context.protocol} needs unlabelled target images, but the batch has none",
+                "build batches with target_x (the trainer does this for msda/ssda) or use --protocol dg",
+            )
+        return batch.target_x
 
     def head_module_names(self) -> tuple[str, ...]:
         """Modules trained from scratch (get the larger head learning rate)."""

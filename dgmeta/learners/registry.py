@@ -7,7 +7,7 @@ from torch import nn
 from dgmeta.learners.base import Learner, LearnerContext
 from dgmeta.registry import Registry
 
-LEARNERS: Registry[type[Learner]] = Registry("base learner")
+LEARNERS: Registry[type[Learner]] = Registry("--base")
 
 # Each module registers its class on import.
 _MODULES = ("erm", "dann", "mcd", "jigen")

@@ -1,0 +1,91 @@
+"""`dgmeta sweep SPEC_OR_DATASET --grid key=v1,v2 ... | --random N --seed S [--jobs 2]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def _base_config(source: Optional[str], options: dict, sets: list[str]):
+    """A RunConfig from a pipeline spec (when SOURCE is a YAML file) or from a dataset name and options."""
+    from dgmeta.config import RunConfig
+    from dgmeta.errors import ConfigError
+    from dgmeta.orchestration.spec import load_pipeline, parse_pipeline
+
+    given = {k: v for k, v in options.items() if v is not None}
+    if source and (source.endswith((".yaml", ".yml")) or Path(source).is_file()):
+        return load_pipeline(source).to_run_config(given, sets), Path(source).stem
+    if source:
+        given["dataset"] = source
+    if "dataset" not in given:
+        raise ConfigError("no pipeline spec or dataset given", "run e.g. `dgmeta sweep pipelines/pacs_erm.yaml --grid lr=0.01,0.001`")
+    spec = parse_pipeline({"dataset": given.pop("dataset")})
+    return spec.to_run_config(given, sets), f"{spec.dataset}-sweep"
+
+
+def sweep(
+    source: Optional[str] = typer.Argument(None, metavar="SPEC_OR_DATASET", help="pipelines/X.yaml, or a dataset name with the options below"),
+    grid: Optional[List[str]] = typer.Option(None, "--grid", help="key=v1,v2,... (repeatable; the product is swept)"),
+    random_count: Optional[int] = typer.Option(None, "--random", help="N seeded random hyperparameter draws"),
+    sweep_seed: int = typer.Option(0, "--seed", help="seed of the random draws (--random)"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="training seeds, comma-separated, e.g. 0,1,2 [spec or 0]"),
+    target: Optional[List[str]] = typer.Option(None, "--target", help="target domain(s) [spec or all]"),
+    base: Optional[str] = typer.Option(None, "--base"),
+    meta: Optional[str] = typer.Option(None, "--meta"),
+    protocol: Optional[str] = typer.Option(None, "--protocol"),
+    backbone: Optional[str] = typer.Option(None, "--backbone"),
+    weights: Optional[str] = typer.Option(None, "--weights"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    split: Optional[str] = typer.Option(None, "--split"),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every"),
+    data_root: Optional[str] = typer.Option(None, "--data-root"),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir"),
+    experiment: Optional[str] = typer.Option(None, "--experiment"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="pin a hyperparameter key=value for every setting"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="jobs run at once, in separate processes"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the jobs without running them"),
+) -> None:
+    """Sweep hyperparameters x seeds x targets; finished runs with the same config hash are skipped."""
+    from dgmeta.errors import ConfigError
+    from dgmeta.orchestration.sweep import grid_points, parse_grid, plan_sweep, random_points, run_sweep
+
+    if grid and random_count is not None:
+        raise ConfigError("--grid and --random both given", "sweep either a grid or random draws")
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs} must be at least 1", "pass e.g. --jobs 2")
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds {seeds!r} is not a comma-separated list of integers", "write e.g. --seeds 0,1,2") from None
+    options = {
+        "targets": list(target) if target else None, "seeds": seed_list, "base": base, "meta": meta, "protocol": protocol,
+        "backbone": backbone, "weights": weights, "steps": steps, "batch_size": batch_size, "image_size": image_size,
+        "split": split, "eval_every": eval_every, "data_root": data_root, "cache_dir": cache_dir,
+        "experiment": experiment, "tracking_uri": tracking_uri, "quiet": True,
+    }
+    config, name = _base_config(source, options, list(set_ or []))
+    points = random_points(config, random_count, sweep_seed) if random_count is not None else grid_points(parse_grid(list(grid or [])))
+    plan = plan_sweep(config, points, name=name)
+    typer.echo(
+        f"sweep {name}: {len(points)} setting(s) x {len(config.seeds)} seed(s), {plan.total} runs: "
+        f"{plan.done} already finished, {len(plan.jobs)} job(s) to run (experiment {config.experiment})"
+    )
+    if dry_run:
+        for job in plan.jobs:
+            typer.echo(f"  {job.point.label()} seed {job.config.seeds[0]} → {','.join(job.config.targets or [])}")
+        return
+    report = run_sweep(plan, jobs=jobs, echo=typer.echo)
+    typer.echo(f"done: {len(report.completed)} job(s) finished, {len(report.failed)} failed")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep)

@@ -1,0 +1,54 @@
+"""Accuracy of a classifier on uint8 image arrays, batched and without gradients."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def to_float_images(x_uint8: torch.Tensor) -> torch.Tensor:
+    return x_uint8.float().div_(255.0)
+
+
+def precision_context(precision: str):
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def predict_array(
+    predict: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 256,
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+    return_features: nn.Module | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted class of every image (and optionally features from ``return_features``)."""
+    was_training = predict.training
+    predict.eval()
+    preds, feats = [], []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = to_float_images(torch.from_numpy(np.array(images[start : start + batch_size]))).to(device)
+            with precision_context(precision):
+                if return_features is not None:
+                    f = return_features(x)
+                    feats.append(f.float().cpu())
+                logits = predict(x)
+            preds.append(logits.argmax(1).cpu())
+    finally:
+        predict.train(was_training)
+    pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+    feat = torch.cat(feats).numpy() if feats else None
+    return pred, feat
+
+
+def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    if len(labels) == 0:
+        return float("nan")
+    return float((pred == labels).mean())

@@ -1,0 +1,129 @@
+"""Episode-level adaptation primitives shared by the few-shot methods.
+
+* :func:`prototypes` / :func:`proto_head`: class means and the Proto-MAML head built from them.
+* :func:`fit_linear_head`: a new linear head trained by gradient steps on frozen features.
+* :func:`adapt_all_layers`: gradient steps on every featurizer parameter plus a head, evaluated
+  with ``torch.func.functional_call`` on per-episode copies of the parameters, so the trained
+  network itself is never modified and episodes stay independent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from dgmeta.evaluation.fewshot.embed import eval_mode
+
+Head = dict[str, Tensor]  # {"weight": [ways, D], "bias": [ways]}
+HeadLogits = Callable[[Tensor, Head], Tensor]
+
+
+def prototypes(features: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Class means ``[ways, D]`` (one matmul instead of a Python loop over classes)."""
+    one_hot = F.one_hot(labels, ways).to(features.dtype)
+    return (one_hot.T @ features) / one_hot.sum(0).clamp_min(1).unsqueeze(1)
+
+
+def proto_head(features: Tensor, labels: Tensor, ways: int) -> Head:
+    """Proto-MAML's head: ``W = 2c``, ``b = -|c|^2``, i.e. ProtoNet's negative squared distance.
+
+    ``-|x - c|^2 = 2c.x - |c|^2 - |x|^2`` and ``|x|^2`` is shared by all classes, so this linear
+    head starts out exactly as the nearest-prototype classifier (Triantafillou et al., 2020).
+    """
+    c = prototypes(features, labels, ways)
+    return {"weight": 2.0 * c, "bias": -(c * c).sum(1)}
+
+
+def linear_logits(features: Tensor, head: Head) -> Tensor:
+    return F.linear(features, head["weight"], head["bias"])
+
+
+def normalized_linear_logits(features: Tensor, head: Head) -> Tensor:
+    # Unit-norm features make the head's step size independent of the backbone's feature scale.
+    return F.linear(F.normalize(features, dim=-1), head["weight"], head["bias"])
+
+
+def fit_linear_head(
+    features: Tensor,
+    labels: Tensor,
+    ways: int,
+    steps: int = 100,
+    lr: float = 0.01,
+    weight_decay: float = 1e-3,
+) -> Head:
+    """A new zero-initialised head trained with Adam on L2-normalised frozen features."""
+    features = F.normalize(features.detach().float(), dim=-1)
+    weight = torch.zeros(ways, features.shape[1], requires_grad=True)
+    bias = torch.zeros(ways, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(F.linear(features, weight, bias), labels).backward()
+        opt.step()
+    return {"weight": weight.detach(), "bias": bias.detach()}
+
+
+@dataclass
+class Adapted:
+    """Per-episode parameters after adaptation, and the support loss before each step."""
+
+    params: dict[str, Tensor]
+    head: Head
+    support_losses: list[float] = field(default_factory=list)
+
+
+def adapt_all_layers(
+    featurizer: nn.Module,
+    head: Head,
+    logits: HeadLogits,
+    support_x: Tensor,
+    support_y: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    head_lr: float | None = None,
+    momentum: float = 0.0,
+) -> Adapted:
+    """``steps`` full-batch SGD steps on copies of every featurizer parameter and the head.
+
+    The featurizer stays in eval mode: BatchNorm keeps its running statistics, because a
+    support set of a few images per class gives useless batch statistics, and the query images
+    are then normalised the same way as the support images were.
+    """
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in featurizer.named_parameters()}
+    head = {k: v.detach().clone().requires_grad_(True) for k, v in head.items()}
+    groups = [{"params": list(params.values()), "lr": lr}, {"params": list(head.values()), "lr": head_lr or lr}]
+    opt = torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    losses: list[float] = []
+    with eval_mode(featurizer):
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(logits(functional_call(featurizer, params, (support_x,)), head), support_y)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    return Adapted({n: p.detach() for n, p in params.items()}, {k: v.detach() for k, v in head.items()}, losses)
+
+
+@torch.no_grad()
+def predict_adapted(
+    featurizer: nn.Module, adapted: Adapted, logits: HeadLogits, x: Tensor, batch_size: int = 128
+) -> Tensor:
+    with eval_mode(featurizer):
+        out = [
+            logits(functional_call(featurizer, adapted.params, (x[i : i + batch_size],)), adapted.head).argmax(1)
+            for i in range(0, len(x), batch_size)
+        ]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def support_loss(featurizer: nn.Module, adapted: Adapted, logits: HeadLogits, x: Tensor, y: Tensor) -> float:
+    """Cross-entropy on the support set under the adapted parameters (for checks and tests)."""
+    with eval_mode(featurizer):
+        return float(F.cross_entropy(logits(functional_call(featurizer, adapted.params, (x,)), adapted.head), y))

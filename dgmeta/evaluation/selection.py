@@ -1,0 +1,50 @@
+"""Model selection from recorded per-domain accuracies (never by peeking at the target).
+
+Every evaluation records the accuracy of each source's validation split and of the target's
+test split. The reported checkpoint is the one with the best mean *source validation*
+accuracy ("training-domain validation", DomainBed's default rule); the target's accuracy at
+that checkpoint is ``test_acc``. The oracle (best target accuracy) is recorded too, labelled as
+such, because users ask for it, but it is never what ``test_acc`` reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SELECTION_RULE = "training_domain_validation"
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    val: dict[str, float]  # source domain -> validation accuracy
+    test: dict[str, float]  # target domain -> test accuracy
+
+    @property
+    def val_mean(self) -> float:
+        return sum(self.val.values()) / max(1, len(self.val))
+
+
+@dataclass
+class SelectionHistory:
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+    def add(self, checkpoint: Checkpoint) -> bool:
+        """Record a checkpoint; True when it is the new selected one."""
+        best = self.selected()
+        self.checkpoints.append(checkpoint)
+        return best is None or checkpoint.val_mean > best.val_mean
+
+    def selected(self) -> Checkpoint | None:
+        if not self.checkpoints:
+            return None
+        # Ties go to the earlier checkpoint: later ones gained nothing on validation.
+        return max(self.checkpoints, key=lambda c: (c.val_mean, -c.step))
+
+    def oracle(self) -> Checkpoint | None:
+        if not self.checkpoints:
+            return None
+        return max(self.checkpoints, key=lambda c: (sum(c.test.values()), -c.step))
+
+    def to_dict(self) -> list[dict]:
+        return [{"step": c.step, "val": c.val, "test": c.test, "val_mean": c.val_mean} for c in self.checkpoints]

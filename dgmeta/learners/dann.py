@@ -1,0 +1,71 @@
+"""DANN: domain-adversarial neural networks (Ganin et al., JMLR 2016).
+
+A domain discriminator sits behind a gradient reversal layer on the features, so one stage
+over all children (one backward) trains the discriminator to tell domains apart and the
+featurizer to make them indistinguishable. What the discriminator separates depends on the
+protocol:
+
+* ``msda`` / ``ssda``: **source vs target**, 2 classes. Class 0 = every labelled source image;
+  class 1 = the unlabelled target images plus (``ssda``) the labelled target shots, i.e. the
+  labelled images whose domain index is ``num_domains - 1``. This is DANN as published.
+* ``dg``: no target data, so it classifies **the source domains** (``num_domains`` classes),
+  making features domain-invariant across sources (DomainBed's DANN).
+
+The GRL coefficient follows ``lambda_max * dann_lambda(progress, lambda_gamma)``; the
+discriminator itself always learns at full strength. Logged terms: ``cls``, ``adv``
+(discriminator cross-entropy), ``disc_acc`` (domain-balanced, chance = 1 / #domains) and
+``lambda``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dgmeta.learners.base import Batch, Learner, LearnerContext, Objective
+from dgmeta.learners.registry import LEARNERS
+from dgmeta.losses import DomainAdversarialLoss, DomainDiscriminator, dann_lambda
+
+
+@LEARNERS.register("dann")
+class DANN(Learner):
+    name = "dann"
+    protocols = ("dg", "msda", "ssda")
+
+    def __init__(self, network, context: LearnerContext, hparams: dict):
+        super().__init__(network, context, hparams)
+        self.source_vs_target = context.protocol in ("msda", "ssda")
+        discriminator = DomainDiscriminator(
+            self.feature_dim,
+            2 if self.source_vs_target else context.num_domains,
+            hidden=int(self.hparams.get("disc_hidden", 256)),
+            layers=int(self.hparams.get("disc_layers", 2)),
+            dropout=float(self.hparams.get("disc_dropout", 0.5)),
+        )
+        self.adversary = DomainAdversarialLoss(discriminator)
+
+    def adversarial_coefficient(self, progress: float) -> float:
+        lambda_max = float(self.hparams.get("lambda_max", 1.0))
+        return lambda_max * dann_lambda(progress, float(self.hparams.get("lambda_gamma", 10.0)))
+
+    def _inputs_and_domains(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """All images for one featurizer pass, and the discriminator's label for each."""
+        if not self.source_vs_target:
+            return batch.x, batch.domain
+        target_x = self.target_images(batch)
+        labelled_is_target = (batch.domain == self.context.num_domains - 1) if self.context.protocol == "ssda" else torch.zeros_like(batch.domain, dtype=torch.bool)
+        domains = torch.cat([labelled_is_target.long(), torch.ones(len(target_x), dtype=torch.long, device=target_x.device)])
+        return torch.cat([batch.x, target_x]), domains
+
+    def objective(self, stage: str, batch: Batch, progress: float) -> Objective:
+        x, domains = self._inputs_and_domains(batch)
+        # One pass over labelled + target images: batch-norm sees both domains, as in DANN.
+        features = self.featurizer(x)
+        cls = F.cross_entropy(self.classifier(features[: len(batch)]), batch.y)
+        coeff = self.adversarial_coefficient(progress)
+        adv, disc_acc = self.adversary(features, domains, coeff)
+        return Objective(
+            cls + adv,
+            {"cls": cls.detach(), "adv": adv.detach(), "disc_acc": disc_acc, "lambda": torch.tensor(coeff)},
+        )

@@ -1,0 +1,144 @@
+"""MetaDA (Li & Hospedales, ECCV 2020): meta-learn the initialisation of any DA learner.
+
+An episode adapts the learner with its *own* objective on the meta-train sources (the held-out
+source's images play the unlabelled target) and scores the adapted model on the held-out
+source's labels; the meta-gradient of that score (:mod:`dgmeta.meta.gradient`) moves the
+parameters toward points from which the learner's own adaptation generalises.
+
+Schedules (hparam ``meta_schedule``):
+
+* ``online`` (default, the paper's online variant): every step is the base learner's usual
+  update on the full batch plus ``meta_weight`` x the meta-gradient of a fresh episode, added to
+  the first stage's gradient before its optimizer step (so momentum, weight decay, the lr schedule
+  and gradient clipping of the base optimizer apply to the sum).
+* ``offline``: the first ``offline_meta_steps`` calls of :meth:`step` are pure meta-updates of
+  the initialisation, ``theta <- theta - meta_lr * meta-gradient`` (plain SGD, its own optimizer,
+  learner objectives evaluated at progress 0, the point the initialisation is used from); after
+  them :meth:`step` is the ordinary base step. Step counting: ``--steps`` counts *base* steps, so
+  an offline run makes ``offline_meta_steps + steps`` calls in all (:attr:`total_calls`);
+  ``step_count``/:meth:`progress` (learning-rate schedule, DANN's lambda(p)) count base steps
+  only and start at 0 after the meta phase. A loop that calls :meth:`step` only ``steps`` times
+  still works but trains the base learner for ``steps - offline_meta_steps`` steps.
+
+Extra parameters (a DANN discriminator, MCD's second classifier, a jigsaw head) need nothing
+special: the meta-gradient covers every trainable parameter of the learner.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from dgmeta.errors import ConfigError
+from dgmeta.learners.base import Batch, Learner
+from dgmeta.meta.episodes import Episode
+from dgmeta.meta.gradient import MetaGradient, meta_gradient, trainable_params
+from dgmeta.meta.stepper import EpisodicStepper, MetaTerm, Params, require_finite
+
+SCHEDULES = ("online", "offline")
+_NAN_HINT = "lower --set inner_lr=... or --set meta_lr=..., or use --set meta_order=1"
+
+
+class MetaInitTerm:
+    """The meta-gradient of one episode, weighted by ``meta_weight`` (online MetaDA)."""
+
+    name = "init"
+
+    def __init__(self, hparams: dict):
+        self.inner_lr = float(hparams.get("inner_lr", 0.01))
+        self.inner_steps = int(hparams.get("inner_steps", 1))
+        self.order = int(hparams.get("meta_order", 1))
+        self.weight = float(hparams.get("meta_weight", 1.0))
+        if self.order not in (1, 2):
+            raise ConfigError(f"meta_order={self.order} is not supported", "pass --set meta_order=1 (first-order) or 2 (exact)")
+        if self.inner_steps < 1:
+            raise ConfigError(f"inner_steps={self.inner_steps} must be at least 1", "pass e.g. --set inner_steps=1")
+
+    def meta_gradient(self, learner: Learner, episode: Episode, progress: float) -> MetaGradient:
+        result = meta_gradient(
+            learner, episode.meta_train, episode.meta_test, progress, self.inner_lr, self.inner_steps, self.order
+        )
+        require_finite("meta-test loss", result.val_loss, learner, _NAN_HINT)
+        return result
+
+    def gradients(self, learner: Learner, batch: Batch, episode: Episode, progress: float) -> tuple[Params, dict[str, float]]:
+        result = self.meta_gradient(learner, episode, progress)
+        grads = {name: self.weight * grad for name, grad in result.grads.items()}
+        return grads, meta_logs(result)
+
+    def state_dict(self) -> dict:
+        return {}  # stateless: the episode sampler and optimizers live in the stepper
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def meta_logs(result: MetaGradient) -> dict[str, float]:
+    logs = {"meta/val_loss": float(result.val_loss), "meta/grad_norm": float(result.norm())}
+    if result.inner_losses:
+        logs["meta/inner_loss"] = float(result.inner_losses[0][1])
+    return logs
+
+
+class MetaInitStepper(EpisodicStepper):
+    """MetaDA around any learner; ``extra_terms`` add further meta terms (``init+critic``)."""
+
+    def __init__(
+        self,
+        learner: Learner,
+        hparams: dict,
+        total_steps: int | None = None,
+        num_sources: int | None = None,
+        seed: int = 0,
+        extra_terms: Sequence[MetaTerm] = (),
+    ):
+        self.init_term = MetaInitTerm(hparams)
+        self.schedule = str(hparams.get("meta_schedule", "online"))
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown meta_schedule {self.schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
+        online_terms: list[MetaTerm] = [self.init_term] if self.schedule == "online" else []
+        super().__init__(learner, hparams, total_steps, num_sources, seed, online_terms + list(extra_terms))
+        self.offline_meta_steps = int(hparams.get("offline_meta_steps", 0)) if self.schedule == "offline" else 0
+        if self.offline_meta_steps < 0:
+            raise ConfigError(f"offline_meta_steps={self.offline_meta_steps} is negative", "pass e.g. --set offline_meta_steps=100")
+        self.meta_steps_done = 0
+        self.meta_optimizer = torch.optim.SGD(list(trainable_params(learner).values()), lr=float(hparams.get("meta_lr", 0.01)))
+
+    @property
+    def total_calls(self) -> int:
+        """Calls of :meth:`step` a full run makes: offline meta-steps, then ``total_steps`` base steps."""
+        return self.offline_meta_steps + self.total_steps
+
+    def in_meta_phase(self) -> bool:
+        return self.meta_steps_done < self.offline_meta_steps
+
+    def step(self, batch: Batch, progress: float | None = None) -> dict[str, float]:
+        if self.in_meta_phase():
+            return self._offline_meta_step(batch)
+        return super().step(batch, progress)
+
+    def _offline_meta_step(self, batch: Batch) -> dict[str, float]:
+        self.learner.train()
+        result = self.init_term.meta_gradient(self.learner, self.next_episode(batch), progress=0.0)
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        for name, param in trainable_params(self.learner).items():
+            param.grad = result.grads[name]
+        clip = float(self.hparams.get("grad_clip", 0.0))
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(trainable_params(self.learner).values()), clip)
+        self.meta_optimizer.step()
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        self.meta_steps_done += 1
+        return meta_logs(result)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["meta"]["meta_steps_done"] = self.meta_steps_done
+        state["meta"]["meta_optimizer"] = self.meta_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.meta_steps_done = int(state["meta"]["meta_steps_done"])
+        self.meta_optimizer.load_state_dict(state["meta"]["meta_optimizer"])

@@ -1,0 +1,164 @@
+"""MLflow runs of `dgmeta run`: a parent per command, a child per (target, seed).
+
+Uses ``MlflowClient`` explicitly (no global fluent state), so several runs can be written
+from one process and every call says which run it writes to. Metrics are buffered and sent
+in batches: per-step ``log_metric`` calls would cost more than a training step on a small model.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from dgmeta.errors import TrackingError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+PARENT_RUN_ID_TAG = "mlflow.parentRunId"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else a local SQLite store in the CWD."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        folder = db.parent if str(db.parent) else Path(".")
+        if not folder.exists():
+            raise TrackingError(f"tracking store folder {folder} does not exist", "create it or pass another --tracking-uri")
+        if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingError(f"tracking store {db} is not writable", "fix its permissions or pass another --tracking-uri")
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    elif uri.startswith("file:") or "://" not in uri:
+        path = Path(uri[len("file:") :] if uri.startswith("file:") else uri)
+        target = path if path.exists() else path.parent
+        if target.exists() and not os.access(target, os.W_OK):
+            raise TrackingError(f"tracking directory {path} is not writable", "fix its permissions or pass another --tracking-uri")
+    return uri
+
+
+def _check_server(uri: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+            if response.status >= 400:
+                raise OSError(response.status)
+    except (OSError, urllib.error.URLError) as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)})",
+            "start it (see mlflow/README.md) or pass another --tracking-uri",
+        ) from None
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """Where new experiments keep artifacts: beside a SQLite store, else the server's default."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :]).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        commit = out.stdout.strip()
+        if out.returncode == 0 and commit:
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=5,
+            ).stdout.strip()
+            return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+class Tracking:
+    """One tracking store and experiment."""
+
+    def __init__(self, tracking_uri: str | None, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = resolve_tracking_uri(tracking_uri)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root_for(self.uri))
+            else:
+                if found.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(found.experiment_id)
+                self.experiment_id = found.experiment_id
+        except TrackingError:
+            raise
+        except Exception as exc:
+            raise TrackingError(
+                f"cannot open MLflow store {self.uri} ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})",
+                "check --tracking-uri / MLFLOW_TRACKING_URI",
+            ) from None
+
+    def start_run(self, name: str, tags: dict[str, str], parent: "RunLogger | None" = None) -> "RunLogger":
+        tags = {k: str(v) for k, v in tags.items()}
+        if parent is not None:
+            tags[PARENT_RUN_ID_TAG] = parent.run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return RunLogger(self.client, run.info.run_id)
+
+
+class RunLogger:
+    def __init__(self, client, run_id: str, flush_every: int = 200):
+        self.client = client
+        self.run_id = run_id
+        self._metrics: list = []
+        self.flush_every = flush_every
+        self.finished = False
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 90):
+            self.client.log_batch(self.run_id, params=items[start : start + 90])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._metrics.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        if len(self._metrics) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._metrics:
+            chunk, self._metrics = self._metrics[:900], self._metrics[900:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.finished:
+            return
+        try:
+            self.flush()
+        finally:
+            self.client.set_terminated(self.run_id, status)
+            self.finished = True

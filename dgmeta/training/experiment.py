@@ -1,0 +1,314 @@
+"""`dgmeta run`: every (target, seed) job of a command, tracked as MLflow child runs of one parent.
+
+Everything a user can get wrong is checked *before* the first MLflow run is created, so a typo
+never leaves an empty or failed run behind; a failure later marks the runs FAILED (or KILLED
+on Ctrl-C) and keeps every metric already logged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dgmeta.config import RunConfig
+from dgmeta.errors import ConfigError
+from dgmeta.evaluation.selection import SELECTION_RULE
+
+DEFAULT_PROTOCOL = {"dann": "msda", "mcd": "msda"}
+
+
+@dataclass
+class RunResult:
+    target: str
+    seed: int
+    run_id: str
+    test_acc: float
+    selected_step: int
+    val_acc: float
+    per_domain: dict[str, float]
+    model_path: Path | None = None
+    oracle_test_acc: float = float("nan")
+    images_per_second: float = 0.0
+    data_wait_fraction: float = 0.0
+
+
+@dataclass
+class ExperimentResult:
+    parent_run_id: str
+    config: RunConfig
+    protocol: str
+    runs: list[RunResult] = field(default_factory=list)
+
+    def mean_test_acc(self, target: str | None = None) -> float:
+        values = [r.test_acc for r in self.runs if target is None or r.target == target]
+        return float(np.mean(values)) if values else float("nan")
+
+
+@dataclass
+class ResolvedPlan:
+    dataset: object
+    targets: list[str]
+    protocol: str
+    hparams: dict
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_plan(config: RunConfig) -> ResolvedPlan:
+    """Validate names, data and options up front; raises a one-line DgmetaError on a mistake."""
+    import timm
+
+    from dgmeta.data import create_dataset
+    from dgmeta.hparams import apply_overrides, default_hparams
+    from dgmeta.learners.registry import LEARNERS, _load_all
+
+    config.validate()
+    _load_all()
+    learner_cls = LEARNERS.get(config.base)
+    hparams = apply_overrides(default_hparams(config.base, config.meta), config.hparams)
+    protocol = config.protocol or DEFAULT_PROTOCOL.get(config.base, "dg")
+    if protocol not in learner_cls.protocols:
+        raise ConfigError(
+            f"--base {config.base} cannot run under --protocol {protocol}",
+            f"use --protocol {' or '.join(learner_cls.protocols)}",
+        )
+    if not timm.is_model(config.backbone):
+        raise ConfigError(
+            f"unknown backbone {config.backbone!r}",
+            "give any timm model name (timm.list_models()), e.g. tf_efficientnet_lite0 or resnet18",
+        )
+    dataset = create_dataset(config.dataset, config.data_root, config.split, seed=0)
+    targets = config.targets or list(dataset.domains)
+    for target in targets:
+        dataset.check_domain(target)
+    if len(dataset.domains) < 2:
+        raise ConfigError(f"dataset {config.dataset} has one domain", "domain generalization needs at least two")
+    if config.meta not in ("none", "") and len(dataset.domains) - 1 < 2:
+        raise ConfigError(
+            f"--meta {config.meta} needs at least two source domains (meta-train and meta-test)",
+            "use a dataset with three or more domains, or --meta none",
+        )
+    return ResolvedPlan(dataset, targets, protocol, hparams)
+
+
+def make_stepper(meta: str, learner, hparams: dict, steps: int, num_sources: int, seed: int):
+    from dgmeta.training.stepper import StageStepper
+
+    if meta in ("none", ""):
+        return StageStepper(learner, hparams, steps)
+    from dgmeta.meta import create_stepper
+
+    return create_stepper(meta, learner, hparams, steps, num_sources, seed)
+
+
+def run_tags(config: RunConfig, plan: ResolvedPlan, **extra) -> dict[str, str]:
+    from dgmeta.tracking.mlflow_run import git_commit
+
+    tags = {
+        "dgmeta.dataset": config.dataset,
+        "dgmeta.base": config.base,
+        "dgmeta.meta": config.meta,
+        "dgmeta.protocol": plan.protocol,
+        "dgmeta.split": plan.dataset.split_kind,
+        "dgmeta.selection": SELECTION_RULE,
+        "dgmeta.backbone": config.backbone,
+        "dgmeta.weights": config.weights,
+        "dgmeta.git_commit": git_commit(),
+        "dgmeta.data_fingerprint": plan.dataset.fingerprint(),
+    }
+    tags.update({k: str(v) for k, v in extra.items()})
+    return tags
+
+
+def flat_params(config: RunConfig, hparams: dict, **extra) -> dict[str, object]:
+    params = {k: v for k, v in config.to_dict().items() if k not in ("hparams", "targets", "seeds", "fewshot")}
+    params.update({f"hp.{k}": v for k, v in hparams.items()})
+    params.update(extra)
+    return params
+
+
+def run_experiment(config: RunConfig, plan: ResolvedPlan | None = None) -> ExperimentResult:
+    from dgmeta.tracking.mlflow_run import Tracking
+
+    plan = plan or resolve_plan(config)
+    tracking = Tracking(config.tracking_uri, config.experiment)
+    name = config.run_name or f"{config.dataset}-{config.base}-{config.meta}-{plan.protocol}"
+    parent = tracking.start_run(name, run_tags(config, plan, **{"dgmeta.role": "parent", "dgmeta.config_hash": config.config_hash(protocol=plan.protocol)}))
+    result = ExperimentResult(parent.run_id, config, plan.protocol)
+    try:
+        parent.log_params(flat_params(config, plan.hparams, targets=",".join(plan.targets), seeds=",".join(map(str, config.seeds))))
+        for target in plan.targets:
+            for seed in config.seeds:
+                result.runs.append(run_job(config, plan, tracking, parent, target, seed))
+        summary = {f"test_acc.{t}": result.mean_test_acc(t) for t in plan.targets}
+        summary["test_acc"] = result.mean_test_acc()
+        parent.log_metrics(summary, step=0)
+        parent.finish("FINISHED")
+    except KeyboardInterrupt:
+        parent.set_tags({"dgmeta.error": "interrupted"})
+        parent.finish("KILLED")
+        raise
+    except BaseException as exc:
+        parent.set_tags({"dgmeta.error": str(exc)[:500]})
+        parent.finish("FAILED")
+        raise
+    return result
+
+
+def run_job(config: RunConfig, plan: ResolvedPlan, tracking, parent, target: str, seed: int) -> RunResult:
+    from dgmeta.learners import LearnerContext, create_learner
+    from dgmeta.models import create_network
+    from dgmeta.training.data import prepare_job_data
+    from dgmeta.training.trainer import BatchSource, Trainer
+
+    dataset = plan.dataset
+    config_hash = config.config_hash(protocol=plan.protocol, target=target, seed=seed)
+    tags = run_tags(config, plan, **{
+        "dgmeta.role": "child", "dgmeta.target": target, "dgmeta.seed": seed, "dgmeta.config_hash": config_hash,
+    })
+    child = tracking.start_run(f"{config.base}-{config.meta}-{target}-s{seed}", tags, parent)
+    try:
+        seed_everything(seed, config.deterministic)
+        data = prepare_job_data(dataset, target, plan.protocol, config.image_size, config.cache_dir, config.shots, seed, not config.quiet)
+        num_sources = len(data.sources)
+        network = create_network(config.backbone, len(dataset.classes), config.weights, float(plan.hparams.get("dropout", 0.0)), config.channels_last)
+        context = LearnerContext(
+            num_classes=len(dataset.classes),
+            num_domains=num_sources + (1 if data.target_shots is not None else 0),
+            protocol=plan.protocol,
+            total_steps=config.steps,
+        )
+        learner = create_learner(config.base, network, context, plan.hparams)
+        stepper = make_stepper(config.meta, learner, plan.hparams, config.steps, num_sources, seed)
+        child.log_params(flat_params(config, plan.hparams, target=target, seed=seed, protocol=plan.protocol, split_kind=dataset.split_kind))
+        if data.shot_files:
+            child.log_text("\n".join(data.shot_files), "ssda_labelled_shots.txt")
+        batches = BatchSource(data, config.batch_size, seed, augment=plan.hparams.get("augment", "standard") != "none")
+        trainer = Trainer(
+            learner, stepper, data, batches, config.steps, config.eval_every, config.precision,
+            on_metrics=child.log_metrics, progress=not config.quiet,
+            description=f"{config.base}+{config.meta} → {target} s{seed}",
+        )
+        outcome = trainer.fit()
+        learner.load_state_dict(outcome.selected_state)
+        selected = outcome.history.selected()
+        oracle = outcome.history.oracle()
+        test_acc = selected.test[target]
+        final = {
+            "test_acc": test_acc,
+            "val_acc": selected.val_mean,
+            "selected_step": selected.step,
+            "oracle_test_acc": oracle.test[target],
+            "perf.images_per_second": outcome.images_per_second,
+            "perf.data_wait_fraction": outcome.data_wait_fraction,
+            "perf.train_seconds": outcome.seconds,
+        }
+        child.log_metrics(final, step=config.steps)
+        per_domain = dict(selected.val)
+        per_domain[target] = test_acc
+        model_path = _log_artifacts(child, config, plan, learner, data, outcome, target, seed, per_domain)
+        child.finish("FINISHED")
+        return RunResult(
+            target, seed, child.run_id, test_acc, selected.step, selected.val_mean, per_domain,
+            model_path, oracle.test[target], outcome.images_per_second, outcome.data_wait_fraction,
+        )
+    except KeyboardInterrupt:
+        child.set_tags({"dgmeta.error": "interrupted"})
+        child.finish("KILLED")
+        raise
+    except BaseException as exc:
+        child.set_tags({"dgmeta.error": f"{type(exc).__name__}: {exc}"[:500]})
+        child.finish("FAILED")
+        raise
+
+
+def _log_artifacts(child, config, plan, learner, data, outcome, target, seed, per_domain) -> Path:
+    from dgmeta.models.checkpoint import save_network
+    from dgmeta.models.network import DomainNetwork
+
+    out = Path(tempfile.mkdtemp(prefix="dgmeta-run-"))
+    child.log_text(json.dumps({**config.to_dict(), "protocol": plan.protocol, "target": target, "seed": seed, "hparams_resolved": plan.hparams}, indent=2, default=str), "config.json")
+    results = {
+        "target": target,
+        "seed": seed,
+        "protocol": plan.protocol,
+        "split": plan.dataset.split_kind,
+        "selection": SELECTION_RULE,
+        "test_acc": per_domain[target],
+        "selected_step": outcome.history.selected().step,
+        "per_domain": per_domain,
+        "checkpoints": outcome.history.to_dict(),
+        "oracle_test_acc_label": "oracle (selected on the target; never reported as test_acc)",
+        "oracle_test_acc": outcome.history.oracle().test[target],
+        "images_per_second": outcome.images_per_second,
+        "data_wait_fraction": outcome.data_wait_fraction,
+    }
+    child.log_text(json.dumps(results, indent=2), "results.json")
+    network = DomainNetwork.__new__(DomainNetwork)
+    torch.nn.Module.__init__(network)
+    network.featurizer = learner.featurizer
+    network.classifier = learner.export_classifier()
+    network.feature_dim = learner.feature_dim
+    meta = {
+        "backbone": config.backbone,
+        "num_classes": len(plan.dataset.classes),
+        "classes": list(plan.dataset.classes),
+        "image_size": config.image_size,
+        "dataset": config.dataset,
+        "domains": list(plan.dataset.domains),
+        "train_domains": list(data.sources),
+        "target": target,
+        "seed": seed,
+        "base": config.base,
+        "meta_mode": config.meta,
+        "protocol": plan.protocol,
+        "dropout": float(plan.hparams.get("dropout", 0.0)),
+    }
+    model_path = save_network(out / "network.pt", network, meta)
+    child.log_artifact(model_path, "model")
+    _log_plots(child, out, learner, data, outcome, target, per_domain, config, plan)
+    return model_path
+
+
+def _log_plots(child, out: Path, learner, data, outcome, target, per_domain, config, plan) -> None:
+    try:
+        from dgmeta.tracking import plots
+    except ImportError:
+        return
+    from dgmeta.evaluation.accuracy import predict_array
+
+    plot_dir = out / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    paths = [
+        plots.plot_domain_accuracy(per_domain, target, plot_dir / "domain_accuracy.png"),
+        plots.plot_training_curves(outcome.losses, plot_dir / "training_curves.png"),
+    ]
+    pred, _ = predict_array(learner, data.test.images, precision=config.precision)
+    paths.append(plots.plot_confusion(data.test.labels, pred, list(plan.dataset.classes), plot_dir / "confusion_target.png"))
+    # t-SNE on a bounded, seeded subset per domain: features coloured by domain and by class.
+    rng = np.random.default_rng(0)
+    feats, doms, labs = [], [], []
+    domain_arrays = list(zip(data.sources, data.val)) + [(target, data.test)]
+    for index, (_, arrays) in enumerate(domain_arrays):
+        take = rng.permutation(len(arrays.labels))[:150]
+        _, f = predict_array(learner, arrays.images[np.sort(take)], precision=config.precision, return_features=learner.featurizer)
+        feats.append(f)
+        doms.append(np.full(len(take), index))
+        labs.append(arrays.labels[np.sort(take)])
+    if sum(len(d) for d in doms) >= 10:
+        paths.append(plots.plot_tsne(np.concatenate(feats), np.concatenate(doms), np.concatenate(labs), [d for d, _ in domain_arrays], list(plan.dataset.classes), plot_dir / "tsne.png", seed=0))
+    for path in paths:
+        if path is not None:
+            child.log_artifact(path, "plots")
