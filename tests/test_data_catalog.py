@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -179,10 +180,10 @@ def test_missing_dataset_folder_says_where_and_how(tmp_path):
     "damage, message",
     [
         (lambda root: (root / "PACS" / "kfold").mkdir(), r"unexpected folder .*kfold"),
-        (lambda root: __import__("shutil").rmtree(root / "PACS" / "cartoon"), r"no domain folder 'cartoon'"),
+        (lambda root: shutil.rmtree(root / "PACS" / "cartoon"), r"no domain folder 'cartoon'"),
         (lambda root: write_image(root / "PACS" / "photo" / "stray.png", (0, 0, 0)), None),
         (lambda root: [p.unlink() for p in (root / "PACS" / "photo" / "dog").iterdir()], r"photo/dog holds no images"),
-        (lambda root: __import__("shutil").rmtree(root / "PACS" / "sketch" / "giraffe"), r"domains disagree on classes: .*sketch lacks 'giraffe'"),
+        (lambda root: shutil.rmtree(root / "PACS" / "sketch" / "giraffe"), r"domains disagree on classes: .*sketch lacks 'giraffe'"),
         (lambda root: (root / "PACS" / "photo" / "dog" / "photo_dog_000.png").unlink(), r"photo_train_kfold.txt names a missing file .*photo_dog_000.png"),
         (lambda root: (root / "pacs_splits" / "cartoon_crossval_kfold.txt").unlink(), r"cartoon_crossval_kfold.txt not found .*--split random"),
     ],
@@ -200,8 +201,6 @@ def test_bad_pacs_layouts_fail_with_one_clear_line(tmp_path, damage, message):
 
 def test_empty_domain_and_images_directly_in_a_domain(tmp_path):
     make_pacs(tmp_path, lists_in="")
-    import shutil
-
     shutil.rmtree(tmp_path / "PACS" / "photo")
     (tmp_path / "PACS" / "photo").mkdir()
     with pytest.raises(DataError, match=r"domain folder .*photo is empty"):
@@ -313,3 +312,23 @@ def test_full_pacs_has_9991_images_and_official_lists(shared_data):
     assert sum(counts.values()) == 9991
     sums = dict(line.split()[::-1] for line in (shared_data / "pacs_splits" / "SHA256SUMS").read_text().splitlines())
     assert sums == PACS_SPLIT_SHA256
+
+
+def test_make_pacs_mini_reproduces_the_shipped_sample(shared_data, tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    repo = Path(__file__).resolve().parents[1]
+    shipped = repo / "data" / "pacs-mini"
+    subprocess.run([sys.executable, str(repo / "scripts" / "make_pacs_mini.py"), "--source", str(shared_data), "--out", str(tmp_path / "mini")], check=True, capture_output=True)
+    made = sorted(p.relative_to(tmp_path / "mini") for p in (tmp_path / "mini").rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file())
+    for rel in made:
+        if rel.suffix == ".txt":
+            assert (tmp_path / "mini" / rel).read_bytes() == (shipped / rel).read_bytes()
+        else:  # JPEG bytes may differ across libjpeg versions; the pixels may not
+            ours, theirs = (np.asarray(Image.open(root / rel), dtype=np.int16) for root in (tmp_path / "mini", shipped))
+            assert np.abs(ours - theirs).mean() < 1.0

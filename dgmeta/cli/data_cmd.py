@@ -79,8 +79,9 @@ def info(name: NameArg, data_root: DataRootOpt = None, split: SplitOpt = "offici
     console.print(f"domains ({len(ds.domains)}): {', '.join(ds.domains)}")
     console.print(f"classes ({len(ds.classes)}): {', '.join(ds.classes)}")
     console.print(f"split: {ds.split_kind}" + (f" (asked for {split})" if ds.split_kind != split else ""))
-    for path in ds.split_files()[:1]:
-        console.print(f"split lists: {len(ds.split_files())} files in {path.parent}")
+    files = ds.split_files()
+    if files:
+        console.print(f"split lists: {len(files)} files in {files[0].parent}")
     console.print(_split_table(ds))
     console.print(f"fingerprint: {ds.fingerprint()}")
 

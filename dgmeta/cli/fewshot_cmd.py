@@ -38,7 +38,7 @@ def fewshot(
     from dgmeta.evaluation.fewshot.runner import build_methods, build_samplers
     from dgmeta.evaluation.fewshot.sampler import parse_ways
     from dgmeta.models.checkpoint import load_network
-    from dgmeta.tracking.mlflow_run import Tracking
+    from dgmeta.tracking.mlflow_run import Tracking, resolve_tracking_uri
 
     # Everything a user can get wrong is checked before images are decoded or embedded.
     shot_list = parse_shots(shots)
@@ -46,8 +46,8 @@ def fewshot(
     method_names = _split_methods(method) or list(DEFAULT_METHODS)
     if image_size is not None and image_size < 16:
         raise ConfigError(f"--image-size {image_size} is too small", "use at least 16 pixels, or leave it out to use the model's")
-    tracking = Tracking(tracking_uri, experiment)
-    model_path = resolve_model(model, tracking_uri=tracking.uri)
+    uri = resolve_tracking_uri(tracking_uri)
+    model_path = resolve_model(model, tracking_uri=uri)
     network, meta = load_network(model_path)
     build_methods(method_names, network, meta, finetune_all)
     dataset = create_dataset(data, data_root)
@@ -56,6 +56,7 @@ def fewshot(
     labels = labels_of(samples)
     build_samplers(labels, ways_value, shot_list, queries, seed, dataset.classes, domain)
     _warn_if_seen(meta, domain)
+    tracking = Tracking(uri, experiment)  # opened before the long part, so a bad store fails fast
 
     size = int(image_size or meta.get("image_size") or 128)
     images = load_images(samples, size, cache_dir=cache_dir, progress=not quiet)

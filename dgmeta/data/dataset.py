@@ -50,6 +50,7 @@ class DomainDataset:
         #: sha256 of the official split lists by file name (empty when there are none to check)
         self.reference_checksums = dict(reference_checksums or {})
         self._built: dict[str, DomainSplits] = {}
+        self._samples: dict[tuple[str, str], list[Sample]] = {}
 
     def __repr__(self) -> str:
         return f"DomainDataset({self.name!r}, root={str(self.root)!r}, domains={self.domains}, classes={len(self.classes)}, split={self.split_kind!r})"
@@ -75,8 +76,11 @@ class DomainDataset:
     def samples(self, domain: str, split: str) -> list[Sample]:
         """The samples of ``split`` in ``domain``: ``train`` / ``val``, or ``test`` (the whole domain,
         except for DomainNet's official split where it is the official test list)."""
-        prefix = os.fspath(self.root) + os.sep
-        return [Sample(Path(prefix + rel), label) for rel, label in self.relative_samples(domain, split)]
+        key = (domain, split)
+        if key not in self._samples:  # Path objects cost a few µs each: build them once
+            prefix = os.fspath(self.root) + os.sep
+            self._samples[key] = [Sample(Path(prefix + rel), label) for rel, label in self.relative_samples(domain, split)]
+        return list(self._samples[key])
 
     def split_files(self) -> list[Path]:
         """The split list files this dataset was built from (none under a random split)."""

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import tempfile
-import warnings
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -42,8 +41,7 @@ def open_rgb(path: Path, size: int | None = None) -> Image.Image:
     """``path`` as an RGB image (transparency composited on white, as sketches are drawn on white),
     resized to ``size`` x ``size`` with an antialiasing filter when ``size`` is given."""
     try:
-        with Image.open(path) as image, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # palette-transparency notices are handled below
+        with Image.open(path) as image:
             if size is not None:
                 image.draft("RGB", (size, size))  # JPEG: cheap DCT-domain downscale, never below size
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from typing import Callable, Sequence, TypeVar
 
 from rich.console import Console
@@ -44,21 +45,18 @@ def run_chunked(items: Sequence[T], work: Callable[[int, T], None], description:
         return stop - start
 
     bar = progress_bar() if progress else None
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        futures = [pool.submit(run, start) for start in range(0, len(items), CHUNK)]
-        if bar is None:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        else:
-            with bar:
-                task = bar.add_task(description, total=len(items))
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-                    bar.advance(task, sum(f.result() for f in done if f.exception() is None))
-                    if any(f.exception() is not None for f in done):
-                        break
-        failed = next((f for f in futures if f.done() and f.exception() is not None), None)
-        if failed is not None:
-            for future in futures:
-                future.cancel()
-            raise failed.exception()
+    pool = ThreadPoolExecutor(max_workers=workers or default_workers())
+    try:
+        pending = {pool.submit(run, start) for start in range(0, len(items), CHUNK)}
+        with bar if bar is not None else nullcontext():
+            task = bar.add_task(description, total=len(items)) if bar is not None else None
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                failed = next((f for f in done if f.exception() is not None), None)
+                if failed is not None:
+                    raise failed.exception()
+                if bar is not None:
+                    bar.advance(task, sum(f.result() for f in done))
+    finally:
+        # on an error or Ctrl-C, drop the queued chunks instead of decoding them all first
+        pool.shutdown(wait=True, cancel_futures=True)

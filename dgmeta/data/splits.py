@@ -51,11 +51,12 @@ def read_split_list(path: Path, label_offset: int, classes: Sequence[str], domai
     """
     class_index = {name: i for i, name in enumerate(classes)}
     entries = []
+    name = path.name
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            where = f"{path.name} line {number}"
+            where = f"{name} line {number}"
             parts = line.rsplit(None, 1)
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                 raise DataError(f"{where}: expected '<path> <label>', got {line.strip()!r}", f"is {path} really a split list?")
@@ -63,7 +64,7 @@ def read_split_list(path: Path, label_offset: int, classes: Sequence[str], domai
             label = int(parts[1]) - label_offset
             pieces = rel.split("/")
             if len(pieces) != 3 or pieces[0] != domain:
-                raise DataError(f"{where}: {rel!r} is not a {domain}/<class>/<image> path", f"{path.name} must list images of domain {domain}")
+                raise DataError(f"{where}: {rel!r} is not a {domain}/<class>/<image> path", f"{name} must list images of domain {domain}")
             folder_label = class_index.get(pieces[1])
             if folder_label is None:
                 raise DataError(f"{where}: unknown class folder {pieces[1]!r}", f"known classes: {', '.join(classes)}")

@@ -25,9 +25,8 @@ def safe_relative(rel: str, where: str) -> str:
 
     Purely lexical (no filesystem access), so it costs nothing per list line.
     """
-    rel = rel.strip()
-    norm = posixpath.normpath(rel)
-    if not rel or posixpath.isabs(norm) or norm == ".." or norm.startswith("../") or norm == ".":
+    norm = posixpath.normpath(rel) if rel else "."
+    if norm[0] == "/" or norm in (".", "..") or norm.startswith("../"):
         raise DataError(f"{where}: path {rel!r} points outside the dataset folder", "split lists may only name files inside the dataset folder; fix or replace the list")
     return norm
 

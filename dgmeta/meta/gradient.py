@@ -116,12 +116,21 @@ def inner_adapt(
     meta-gradient); without it every updated tensor is a fresh leaf (first-order meta-gradient).
     """
     buffers = scratch_buffers(learner) if buffers is None else buffers
-    current = dict(params)
+    if create_graph:
+        current = dict(params)
+    else:  # fresh leaves: the inner gradients need them, and no graph leads back to ``params``
+        current = {name: value.detach().requires_grad_(True) for name, value in params.items()}
     losses: list[tuple[str, Tensor]] = []
     for _ in range(inner_steps):
         for stage in learner.stages():
             names = [n for n in learner.stage_parameter_names(stage) if n in current]
             for _ in range(stage.repeat):
+                if create_graph:
+                    # A stage's SGD step needs the *partial* gradient w.r.t. its own parameters.
+                    # Other tensors may already depend on them (MCD: step B's new heads were
+                    # computed from the featurizer that step C now updates); differentiating
+                    # w.r.t. fresh views of them keeps those indirect paths out.
+                    current.update({name: current[name].view_as(current[name]) for name in names})
                 loss = evaluate_objective(learner, current, buffers, batch, stage.name, progress).loss
                 grads = torch.autograd.grad(
                     loss, [current[n] for n in names], create_graph=create_graph, allow_unused=True
@@ -165,8 +174,7 @@ def meta_gradient(
 
         raise ConfigError(f"meta_order={order} is not supported", "pass --set meta_order=1 (first-order) or 2 (exact)")
     exact = order == 2
-    # order 2 differentiates w.r.t. the real parameters; order 1 only needs leaves to start from
-    theta = trainable_params(learner) if exact else detached_params(learner)
+    theta = trainable_params(learner)
     buffers = scratch_buffers(learner)
     adapted = inner_adapt(learner, theta, batch_train, progress, inner_lr, inner_steps, exact, buffers)
     val_loss = prediction_loss(learner, adapted.params, buffers, batch_test)

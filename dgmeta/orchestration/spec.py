@@ -30,6 +30,7 @@ Every mistake (unknown key, wrong type, missing ``dataset``, malformed YAML) is 
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,6 +96,11 @@ class ScheduleSpec(_Section):
 
 
 _HPARAM_SCALARS = (bool, int, float, str)
+
+
+# `register` is also the name of ABCMeta.register on the model *class*; instances read the field
+# normally, so pydantic's shadowing warning is noise here.
+warnings.filterwarnings("ignore", message='Field name "register" in "PipelineSpec" shadows', category=UserWarning)
 
 
 class PipelineSpec(_Section):

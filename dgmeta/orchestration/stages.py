@@ -169,4 +169,4 @@ def fewshot_stage(config: RunConfig, result, echo: Callable[[str], None]):
 def default_echo(text: str) -> None:
     from rich.console import Console
 
-    Console(highlight=False).print(text, markup=False)
+    Console(highlight=False, soft_wrap=True).print(text, markup=False)

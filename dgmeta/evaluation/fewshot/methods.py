@@ -90,6 +90,7 @@ class Linear(FewShotMethod):
 
     def __init__(self, network, meta, *, finetune_all: bool = False):
         super().__init__(network, meta)
+        import sklearn.linear_model  # noqa: F401  (imported here so episode timings exclude it)
         from threadpoolctl import ThreadpoolController
 
         # Scanning the loaded BLAS libraries costs ~4 ms, more than a fit: do it once.
