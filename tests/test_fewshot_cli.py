@@ -42,7 +42,7 @@ def test_fewshot_command_prints_logs_and_writes_the_report(dataset_root, model_f
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "report.md"
-    main([str(model_file), "--data", f"folder:{dataset_root}", "--domain", "d2", "--ways", "all", "--shots", "1,2",
+    main(["fewshot", str(model_file), "--data", f"folder:{dataset_root}", "--domain", "d2", "--ways", "all", "--shots", "1,2",
           "--queries", "3", "--episodes", "6", "--method", "prototype", "--method", "linear", "--output", str(out), "-q"])
     captured = capsys.readouterr()
     assert "prototype" in captured.out and "linear" in captured.out and "MLflow run:" in captured.out
@@ -82,7 +82,7 @@ def test_warning_when_the_domain_was_seen_in_training(capsys):
 )
 def test_bad_inputs_are_one_line_errors(dataset_root, model_file, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
-        main([str(model_file), "--data", f"folder:{dataset_root}", "--queries", "3", "--episodes", "2", "-q", *args])
+        main(["fewshot", str(model_file), "--data", f"folder:{dataset_root}", "--ways", "3", "--queries", "3", "--episodes", "2", "-q", *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -92,6 +92,6 @@ def test_bad_inputs_are_one_line_errors(dataset_root, model_file, capsys, args, 
 
 def test_unknown_model_is_a_one_line_error(dataset_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "missing.pt"), "--data", f"folder:{dataset_root}", "--domain", "d2"])
+        main(["fewshot", str(tmp_path / "missing.pt"), "--data", f"folder:{dataset_root}", "--domain", "d2"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: model file")

@@ -38,18 +38,18 @@ def reference_outer(learner, theta, batch_train, batch_test, inner_lr=INNER_LR, 
     return loss.detach(), grads, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def episode(protocol="msda", seed=0):
-    batch = blobs(3, 6, seed=seed)
+def episode(protocol="msda", seed=0, num_classes=3):
+    batch = blobs(3, 6, seed=seed, num_classes=num_classes)
     if protocol != "dg":
-        batch = batch.with_target(blobs(1, 6, seed=seed + 1, first_domain=3).x)
+        batch = batch.with_target(blobs(1, 6, seed=seed + 1, first_domain=3, num_classes=num_classes).x)
     return split_batch(batch, [0, 2], [1])
 
 
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_second_order_matches_finite_differences(batchnorm):
-    learner = make_learner("two_heads", protocol="msda", batchnorm=batchnorm)
+    learner = make_learner("two_heads", protocol="msda", batchnorm=batchnorm, feature_dim=3, num_classes=2)
     learner.train()
-    train, test = episode()
+    train, test = episode(num_classes=2)
     result = meta_gradient(learner, train, test, 0.25, INNER_LR, INNER_STEPS, order=2)
 
     theta = {n: p.detach().clone() for n, p in trainable_params(learner).items()}

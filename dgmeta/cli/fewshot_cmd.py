@@ -34,8 +34,8 @@ def fewshot(
     """Few-shot accuracy (mean ± 95% CI over shared episodes) of a trained model on one domain."""
     from dgmeta.data import create_dataset, labels_of, load_images
     from dgmeta.errors import ConfigError
-    from dgmeta.evaluation.fewshot import log_fewshot, parse_shots, resolve_model, run_fewshot
-    from dgmeta.evaluation.fewshot.runner import build_methods, build_samplers
+    from dgmeta.evaluation.fewshot import parse_shots, resolve_model, run_fewshot
+    from dgmeta.evaluation.fewshot.runner import build_methods, build_samplers, check_episodes
     from dgmeta.evaluation.fewshot.sampler import parse_ways
     from dgmeta.models.checkpoint import load_network
     from dgmeta.tracking.mlflow_run import Tracking, resolve_tracking_uri
@@ -43,6 +43,7 @@ def fewshot(
     # Everything a user can get wrong is checked before images are decoded or embedded.
     shot_list = parse_shots(shots)
     ways_value = parse_ways(ways)
+    check_episodes(episodes)
     method_names = _split_methods(method) or list(DEFAULT_METHODS)
     if image_size is not None and image_size < 16:
         raise ConfigError(f"--image-size {image_size} is too small", "use at least 16 pixels, or leave it out to use the model's")
@@ -72,35 +73,41 @@ def fewshot(
         "evaluated on": f"{dataset.name} / {domain} ({len(samples)} images, {size}px)",
     }
 
-    run = tracking.start_run(
-        f"fewshot {domain}",
-        {
-            "dgmeta.fewshot.model": model,
-            "dgmeta.fewshot.dataset": dataset.name,
-            "dgmeta.fewshot.domain": domain,
-            "dgmeta.fewshot.model_path": str(model_path),
-        },
-    )
+    params = {
+        "ways": report.ways, "shots": ",".join(map(str, shot_list)), "queries": queries, "episodes": episodes,
+        "methods": ",".join(method_names), "finetune_all": finetune_all, "seed": seed, "image_size": size,
+        "backbone": meta.get("backbone"), "model_dataset": meta.get("dataset"), "model_target": meta.get("target"),
+        "model_meta_mode": meta.get("meta_mode"),
+    }
+    tags = {
+        "dgmeta.fewshot.model": model,
+        "dgmeta.fewshot.dataset": dataset.name,
+        "dgmeta.fewshot.domain": domain,
+        "dgmeta.fewshot.model_path": str(model_path),
+    }
+    run_id = _log_run(tracking, f"fewshot {domain}", tags, params, report)
+
+    print_report(report)
+    print(f"MLflow run: {run_id}")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(report.markdown())
+        print(f"report written to {output}")
+
+
+def _log_run(tracking, name: str, tags: dict, params: dict, report) -> str:
+    from dgmeta.evaluation.fewshot import log_fewshot
+
+    run = tracking.start_run(name, tags)
     try:
-        run.log_params({
-            "ways": report.ways, "shots": ",".join(map(str, shot_list)), "queries": queries, "episodes": episodes,
-            "methods": ",".join(method_names), "finetune_all": finetune_all, "seed": seed, "image_size": size,
-            "backbone": meta.get("backbone"), "model_dataset": meta.get("dataset"), "model_target": meta.get("target"),
-            "model_meta_mode": meta.get("meta_mode"),
-        })
+        run.log_params(params)
         log_fewshot(report, run_id=run.run_id, client=run.client)
         run.log_text(report.markdown(), "fewshot_report.md")
     except BaseException:
         run.finish("FAILED")
         raise
     run.finish()
-
-    print_report(report)
-    print(f"MLflow run: {run.run_id}")
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(report.markdown())
-        print(f"report written to {output}")
+    return run.run_id
 
 
 def _split_methods(values: Optional[List[str]]) -> list[str]:

@@ -47,7 +47,8 @@ class EpisodeSampler:
             if not self._queue:
                 self._queue = torch.randperm(self.source_domains, generator=self._generator).tolist()
             domain = self._queue.pop(0)
-            if domain in held_out:  # only when a round boundary falls inside one episode
+            if domain in held_out:  # a round boundary inside this episode: keep it for later
+                self._queue.append(domain)
                 continue
             held_out.append(domain)
         meta_train = [d for d in range(self.source_domains) if d not in held_out]

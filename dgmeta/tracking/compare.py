@@ -378,29 +378,40 @@ def to_csv(comparison: Comparison) -> str:
 
 
 def print_table(comparison: Comparison, console=None) -> None:
+    """A rich table; numbers are never truncated (key columns fold first on a narrow terminal)."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
-    table = Table(title="test accuracy (%) per target, mean over seeds", show_lines=False)
-    for column in table_columns(comparison):
-        table.add_column(column, justify="right" if column not in comparison.group_by and column != "target" else "left")
+    # off a terminal rich assumes 80 columns; a pipe or file has no width limit worth cutting numbers for
+    console = console or (Console() if sys.stdout.isatty() else Console(width=240))
+    columns = table_columns(comparison)
+    cells = [row_cells(comparison, row) for row in comparison.rows]
+    keys = len(comparison.group_by) + 1
+    table = Table(title="test accuracy (%) per target, mean over seeds")
+    for index, column in enumerate(columns):
+        if index < keys:
+            table.add_column(column, overflow="fold")
+        else:
+            width = max([len(c[index]) for c in cells] + [4])
+            table.add_column(column, justify="right", no_wrap=True, min_width=width)
     previous = None
-    for row in comparison.rows:
+    for row, line in zip(comparison.rows, cells):
         if previous is not None and row.group != previous:
             table.add_section()
         previous = row.group
-        table.add_row(*row_cells(comparison, row), style="bold" if row.target == AVERAGE else None)
+        table.add_row(*line, style="bold" if row.target == AVERAGE else None)
     if comparison.rows:
         console.print(table)
     else:
         console.print("no finished runs with test_acc")
     for note in comparison.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", soft_wrap=True)
     if comparison.excluded:
         skipped = Table(title="runs not averaged")
         for column in EXCLUDED_COLUMNS:
-            skipped.add_column(column)
+            skipped.add_column(column, overflow="fold")
         for line in excluded_lines(comparison):
             skipped.add_row(*line)
         console.print(skipped)

@@ -89,13 +89,13 @@ def adapt_all_layers(
     head_lr: float | None = None,
     momentum: float = 0.0,
 ) -> Adapted:
-    """``steps`` full-batch SGD steps on copies of every featurizer parameter and the head.
+    """``steps`` full-batch SGD steps on copies of every trainable featurizer parameter and the head.
 
     The featurizer stays in eval mode: BatchNorm keeps its running statistics, because a
     support set of a few images per class gives useless batch statistics, and the query images
     are then normalised the same way as the support images were.
     """
-    params = {n: p.detach().clone().requires_grad_(True) for n, p in featurizer.named_parameters()}
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in featurizer.named_parameters() if p.requires_grad}
     head = {k: v.detach().clone().requires_grad_(True) for k, v in head.items()}
     groups = [{"params": list(params.values()), "lr": lr}, {"params": list(head.values()), "lr": head_lr or lr}]
     opt = torch.optim.SGD(groups, lr=lr, momentum=momentum)

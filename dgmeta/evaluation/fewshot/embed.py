@@ -31,7 +31,10 @@ def images_as_float(images, index: np.ndarray | slice | None = None) -> Tensor:
     """Images (uint8 array/tensor, or float in [0, 1]) -> float32 tensor in [0, 1], NCHW."""
     batch = images if index is None else images[index]
     if not isinstance(batch, Tensor):
-        batch = torch.from_numpy(np.ascontiguousarray(batch))
+        batch = np.asarray(batch)
+        # Cached images are read-only memmaps; torch wants a writable buffer, and a copy of a
+        # batch is what the float conversion below makes anyway.
+        batch = torch.from_numpy(np.ascontiguousarray(batch) if batch.flags.writeable else np.array(batch))
     if batch.dtype == torch.uint8:
         return batch.float().div_(255.0)
     return batch.float()

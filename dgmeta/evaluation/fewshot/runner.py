@@ -109,6 +109,12 @@ def parse_shots(shots: str | int | Sequence[int]) -> list[int]:
     return out
 
 
+def check_episodes(episodes: int) -> int:
+    if not isinstance(episodes, int) or episodes < 1:
+        raise ConfigError(f"--episodes must be a positive integer, got {episodes}", "pass e.g. --episodes 600")
+    return episodes
+
+
 def build_methods(names: Sequence[str], network: nn.Module | None, meta: dict, finetune_all: bool = False) -> list[FewShotMethod]:
     """Methods by name; refuses unknown names and incompatible models before any work is done."""
     if not names:
@@ -179,8 +185,7 @@ def run_fewshot(
     methods that adapt the backbone. ``features``: precomputed ``[N, D]`` features to skip the
     embedding (then ``network``/``images`` are only needed by those methods).
     """
-    if episodes < 1:
-        raise ConfigError(f"--episodes must be positive, got {episodes}", "pass e.g. --episodes 600")
+    check_episodes(episodes)
     shots = parse_shots(shots)
     labels = np.asarray(labels)
     chosen = build_methods(methods, network, meta, finetune_all)
