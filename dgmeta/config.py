@@ -10,7 +10,7 @@ from typing import Any
 from dgmeta.errors import ConfigError
 
 # Fields that do not change what is computed are left out of the hash.
-_NOT_HASHED = {"tracking_uri", "experiment", "quiet", "data_root", "cache_dir", "run_name", "targets", "seeds", "fewshot", "resume", "checkpoint_every", "nproc"}
+_NOT_HASHED = {"tracking_uri", "experiment", "quiet", "data_root", "cache_dir", "run_name", "targets", "seeds", "fewshot", "resume", "checkpoint_every", "nproc", "cache"}
 
 
 @dataclass
@@ -40,7 +40,8 @@ class RunConfig:
     checkpoint_every: int = 0
     resume: str | None = None
     fewshot: dict[str, Any] | None = None
-    nproc: int = 1
+    nproc: int = 1  # data-parallel processes (dgmeta.training.distributed); batch_size stays per process
+    cache: str = "auto"  # decoded images: disk (memmap cache) | stream (decode on the fly) | auto (dgmeta.data.streaming)
     run_name: str | None = None
     quiet: bool = False
 
@@ -60,6 +61,10 @@ class RunConfig:
             raise ConfigError(f"unknown --precision {self.precision!r}", "choose fp32 or bf16")
         if not self.seeds:
             raise ConfigError("no --seed given", "pass at least one, e.g. --seed 0")
+        if self.cache not in ("auto", "disk", "stream"):
+            raise ConfigError(f"unknown --cache {self.cache!r}", "choose auto, disk or stream")
+        if not isinstance(self.nproc, int) or self.nproc < 1:
+            raise ConfigError(f"--nproc must be a positive integer, got {self.nproc}", "pass e.g. --nproc 2")
         if self.shots <= 0:
             raise ConfigError(f"--shots must be positive, got {self.shots}", "pass e.g. --shots 3")
         return self

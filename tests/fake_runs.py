@@ -7,7 +7,9 @@ milliseconds. Its accuracy is a fixed function of the config, so tests know what
 
     test_acc = 0.50 + 10 * lr + TARGET_BONUS[target] + 0.01 * seed     (lr default 0.01)
 
-A target named ``broken`` fails its run (status FAILED) with a TrainingError.
+A target named ``broken``, or ``lr >= 0.5``, fails the run (status FAILED) with a TrainingError.
+The result classes mirror ``dgmeta.training.experiment``'s without importing torch, so spawned
+sweep workers start fast.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,32 @@ from dgmeta.errors import TrainingError
 
 TARGET_BONUS = {"d0": 0.0, "d1": 0.05, "d2": 0.10, "photo": 0.2, "sketch": 0.0}
 FINGERPRINT_ENV = "FAKE_DATA_VERSION"
+
+
+DEFAULT_PROTOCOL = {"dann": "msda", "mcd": "msda"}  # as dgmeta.training.experiment
+
+
+@dataclass
+class FakeRunResult:
+    target: str
+    seed: int
+    run_id: str
+    test_acc: float
+    selected_step: int
+    val_acc: float
+    per_domain: dict
+    model_path: Path | None = None
+
+
+@dataclass
+class FakeExperimentResult:
+    parent_run_id: str
+    config: RunConfig
+    protocol: str
+    runs: list = field(default_factory=list)
+
+    def mean_test_acc(self) -> float:
+        return sum(r.test_acc for r in self.runs) / len(self.runs)
 
 
 def fake_accuracy(config: RunConfig, target: str, seed: int) -> float:
@@ -37,7 +66,6 @@ def fake_fingerprint(config: RunConfig) -> str:
 
 def fake_train(config: RunConfig):
     from dgmeta.tracking.mlflow_run import Tracking
-    from dgmeta.training.experiment import DEFAULT_PROTOCOL, ExperimentResult, RunResult
 
     protocol = config.protocol or DEFAULT_PROTOCOL.get(config.base, "dg")
     targets = config.targets or ["d0", "d1", "d2"]
@@ -48,16 +76,16 @@ def fake_train(config: RunConfig):
         "dgmeta.backbone": config.backbone, "dgmeta.git_commit": "fake", "dgmeta.data_fingerprint": fake_fingerprint(config),
     }
     parent = tracking.start_run(config.run_name or "fake", {**common, "dgmeta.role": "parent", "dgmeta.config_hash": config.config_hash(protocol=protocol)})
-    result = ExperimentResult(parent.run_id, config, protocol)
+    result = FakeExperimentResult(parent.run_id, config, protocol)
     for target in targets:
         for seed in config.seeds:
             tags = {**common, "dgmeta.role": "child", "dgmeta.target": target, "dgmeta.seed": seed,
                     "dgmeta.config_hash": config.config_hash(protocol=protocol, target=target, seed=seed)}
             child = tracking.start_run(f"fake-{target}-s{seed}", tags, parent)
-            if target == "broken":
+            if target == "broken" or float(config.hparams.get("lr", 0.01)) >= 0.5:
                 child.finish("FAILED")
                 parent.finish("FAILED")
-                raise TrainingError(f"fake training diverged on {target}", "lower the learning rate")
+                raise TrainingError(f"fake training diverged on {target} (lr {config.hparams.get('lr', 0.01)})", "lower the learning rate")
             acc = fake_accuracy(config, target, seed)
             child.log_params({**{k: v for k, v in config.to_dict().items() if k != "hparams"}, **{f"hp.{k}": v for k, v in config.hparams.items()}})
             child.log_metrics({"test_acc": acc, "val_acc": acc + 0.1, f"acc.{target}.test": acc}, step=config.steps)
@@ -65,20 +93,25 @@ def fake_train(config: RunConfig):
             (folder / "network.pt").write_bytes(b"fake network " + target.encode())
             child.log_artifact(folder / "network.pt", "model")
             child.finish("FINISHED")
-            result.runs.append(RunResult(target, seed, child.run_id, acc, config.steps, acc + 0.1, {target: acc}, folder / "network.pt"))
+            result.runs.append(FakeRunResult(target, seed, child.run_id, acc, config.steps, acc + 0.1, {target: acc}, folder / "network.pt"))
     parent.log_metrics({"test_acc": result.mean_test_acc()}, step=0)
     parent.finish("FINISHED")
     return result
 
 
+_TEMPLATE: list[Path] = []  # test modules each import the fixture; the schema is still built once
+
+
 @pytest.fixture(scope="session")
 def _template_store(tmp_path_factory) -> Path:
     """An empty MLflow SQLite schema, created once: migrating a new database costs 2-6 s."""
-    from mlflow.tracking import MlflowClient
+    if not _TEMPLATE:
+        from mlflow.tracking import MlflowClient
 
-    path = tmp_path_factory.mktemp("mlflow-template") / "template.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
+        path = tmp_path_factory.mktemp("mlflow-template") / "template.db"
+        MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+        _TEMPLATE.append(path)
+    return _TEMPLATE[0]
 
 
 @pytest.fixture

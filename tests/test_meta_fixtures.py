@@ -8,6 +8,7 @@ per-stage parameters and repeat counts are all exercised.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +17,15 @@ from dgmeta.learners.base import Batch, Learner, LearnerContext, Objective, Stag
 from dgmeta.learners.erm import ERM
 
 DTYPE = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """These models are tiny: one thread avoids paying for thread synchronisation on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class TinyNet(nn.Module):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from dgmeta.errors import ConfigError
 from dgmeta.meta.episodes import split_batch
 from dgmeta.meta.gradient import inner_adapt, meta_gradient, trainable_params
+from test_meta_fixtures import single_thread  # noqa: F401  (autouse)
 from test_meta_fixtures import blobs, make_learner
 
 INNER_LR = 0.3

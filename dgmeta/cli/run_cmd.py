@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import sys
-from typing import List, Optional
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -27,11 +30,15 @@ def run(
     split: Optional[str] = typer.Option(None, "--split", help="official | random [official]"),
     shots: Optional[int] = typer.Option(None, "--shots", help="labelled target images per class under ssda [3]"),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="evaluate every K steps [100]"),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="write a resumable checkpoint every N steps; 0 = at every evaluation [0]"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="RUN_ID (parent or child) or 'auto': continue that run of the same command"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="default: $DGMETA_DATA or ./data"),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="decoded-image cache; default $DGMETA_CACHE or ~/.cache/dgmeta"),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name [dgmeta]"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db"),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (CPU autocast)"),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="data-parallel processes on this machine, launched through torchrun; --batch-size stays per process [1]"),
+    cache: Optional[str] = typer.Option(None, "--cache", help="auto | disk | stream: decoded-image cache on disk, or decode on the fly (auto: stream lists over 50k images) [auto]"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="hyperparameter override key=value (repeatable)"),
     config: Optional[str] = typer.Option(None, "--config", help="pipeline spec (pipelines/*.yaml); options override it"),
     fewshot: bool = typer.Option(False, "--fewshot", help="run the few-shot stage on each target after training"),
@@ -47,6 +54,8 @@ def run(
         "image_size": image_size, "seeds": list(seed) if seed else None, "backbone": backbone,
         "weights": weights, "split": split, "shots": shots, "eval_every": eval_every, "data_root": data_root,
         "cache_dir": cache_dir, "experiment": experiment, "tracking_uri": tracking_uri, "precision": precision,
+        "checkpoint_every": checkpoint_every, "resume": resume,
+        "nproc": nproc, "cache": cache,
     }
     given = {k: v for k, v in options.items() if v is not None}
     if deterministic:
@@ -59,6 +68,10 @@ def run(
 
         spec = load_pipeline(config)
         run_config = spec.to_run_config(given, list(set_ or []))
+        if run_config.nproc > 1:
+            from dgmeta.errors import ConfigError
+
+            raise ConfigError("--nproc is not supported with --config pipelines yet", "run the training as `dgmeta run DATASET ... --nproc N`")
         if fewshot and "fewshot" not in spec.stages:
             spec.stages.append("fewshot")
         outcome = run_pipeline(spec, run_config)
@@ -74,7 +87,13 @@ def run(
         if fewshot:
             run_config.fewshot = {"ways": "all", "shots": [1, 5], "episodes": 600, "methods": ["prototype", "linear"]}
         plan = resolve_plan(run_config)
+        from dgmeta.training import distributed
+
+        if run_config.nproc > 1 and not distributed.launched_by_torchrun():
+            sys.exit(distributed.relaunch(run_config.nproc))  # validated above, so a typo fails before any worker starts
         result = run_experiment(run_config, plan)
+        if not distributed.current().is_main:
+            return  # only rank 0 reports and runs the few-shot stage
         if fewshot:
             _fewshot_stage(run_config, plan, result)
     if result is not None:
@@ -121,5 +140,44 @@ def print_results(result) -> None:
     console.print(f"MLflow parent run: {result.parent_run_id}")
 
 
+@contextmanager
+def environment_errors() -> Iterator[None]:
+    """Turn failures of the environment (tracking store, file permissions, full disk) that escape as
+    library exceptions into one-line DgmetaErrors; anything else is a bug and keeps its traceback."""
+    from dgmeta.errors import DgmetaError, TrackingError
+
+    try:
+        yield
+    except DgmetaError:
+        raise
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        raise DgmetaError(f"{exc.strerror or exc}{where}", "fix the folder's permissions or free space, or point the option at another folder") from None
+    except Exception as exc:
+        if not _is_tracking_error(exc):
+            raise
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise TrackingError(f"MLflow tracking store failed ({type(exc).__name__}: {first_line})", "check --tracking-uri / MLFLOW_TRACKING_URI and that the store is writable") from None
+
+
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _is_tracking_error(exc: Exception) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("mlflow.", "sqlalchemy.", "alembic."))
+
+
+def _with_environment_errors(command):
+    @functools.wraps(command)  # typer reads the options from the wrapped signature
+    def wrapper(*args, **kwargs):
+        with environment_errors():
+            return command(*args, **kwargs)
+
+    return wrapper
+
+
 def register(app: typer.Typer) -> None:
-    app.command("run")(run)
+    app.command("run")(_with_environment_errors(run))

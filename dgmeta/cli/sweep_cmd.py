@@ -10,7 +10,6 @@ import typer
 
 def _base_config(source: Optional[str], options: dict, sets: list[str]):
     """A RunConfig from a pipeline spec (when SOURCE is a YAML file) or from a dataset name and options."""
-    from dgmeta.config import RunConfig
     from dgmeta.errors import ConfigError
     from dgmeta.orchestration.spec import load_pipeline, parse_pipeline
 
@@ -77,6 +76,9 @@ def sweep(
         f"sweep {name}: {len(points)} setting(s) x {len(config.seeds)} seed(s), {plan.total} runs: "
         f"{plan.done} already finished, {len(plan.jobs)} job(s) to run (experiment {config.experiment})"
     )
+    if not plan.jobs:
+        typer.echo("nothing to run: every run of the sweep has finished")
+        return
     if dry_run:
         for job in plan.jobs:
             typer.echo(f"  {job.point.label()} seed {job.config.seeds[0]} → {','.join(job.config.targets or [])}")

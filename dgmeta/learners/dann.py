@@ -49,17 +49,20 @@ class DANN(Learner):
         lambda_max = float(self.hparams.get("lambda_max", 1.0))
         return lambda_max * dann_lambda(progress, float(self.hparams.get("lambda_gamma", 10.0)))
 
-    def _inputs_and_domains(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """All images for one featurizer pass, and the discriminator's label for each."""
+    def discriminator_inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """All images for the one featurizer pass (labelled first), and each one's
+        discriminator label: the source domain (``dg``) or 0 = source / 1 = target."""
         if not self.source_vs_target:
             return batch.x, batch.domain
         target_x = self.target_images(batch)
-        labelled_is_target = (batch.domain == self.context.num_domains - 1) if self.context.protocol == "ssda" else torch.zeros_like(batch.domain, dtype=torch.bool)
-        domains = torch.cat([labelled_is_target.long(), torch.ones(len(target_x), dtype=torch.long, device=target_x.device)])
-        return torch.cat([batch.x, target_x]), domains
+        labelled_is_target = batch.domain == self.context.num_domains - 1
+        if self.context.protocol != "ssda":  # under msda every labelled image is a source image
+            labelled_is_target = torch.zeros_like(labelled_is_target)
+        target_side = torch.ones(len(target_x), dtype=torch.long, device=target_x.device)
+        return torch.cat([batch.x, target_x]), torch.cat([labelled_is_target.long(), target_side])
 
     def objective(self, stage: str, batch: Batch, progress: float) -> Objective:
-        x, domains = self._inputs_and_domains(batch)
+        x, domains = self.discriminator_inputs(batch)
         # One pass over labelled + target images: batch-norm sees both domains, as in DANN.
         features = self.featurizer(x)
         cls = F.cross_entropy(self.classifier(features[: len(batch)]), batch.y)

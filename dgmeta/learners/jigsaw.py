@@ -60,27 +60,39 @@ def jigsaw_permutations(num_permutations: int, grid: int = 3, seed: int = 0) -> 
 @functools.lru_cache(maxsize=8)
 def _max_min_hamming_set(num_permutations: int, grid: int, seed: int) -> np.ndarray:
     candidates = _candidates(grid, seed)  # row 0 is the identity
-    rng = np.random.RandomState(seed)
-    # a fraction in [0, 0.5) breaks ties between equal distances without reordering distances
-    tie_break = rng.rand(len(candidates)) * 0.5
+    columns = np.ascontiguousarray(candidates.T)  # one contiguous row per tile position: fast compares
+    count = len(candidates)
+    # score = min distance * count + a seeded random rank: argmax takes the largest minimum
+    # distance and breaks ties at random, with one integer array
+    rank = np.random.RandomState(seed).permutation(count).astype(np.int64)
+    min_distance = np.full(count, grid * grid, dtype=np.int64)
     chosen = [0]
-    min_distance = (candidates != candidates[0]).sum(axis=1).astype(np.float64)
-    min_distance[0] = -1.0
     for _ in range(num_permutations):
-        best = int(np.argmax(min_distance + tie_break))
-        chosen.append(best)
-        min_distance = np.minimum(min_distance, (candidates != candidates[best]).sum(axis=1))
-        min_distance[best] = -1.0
+        min_distance = np.minimum(min_distance, _hamming_to(columns, candidates[chosen[-1]]))
+        chosen.append(int(np.argmax(min_distance * count + rank)))
     return candidates[chosen].astype(np.int64)
+
+
+def _hamming_to(columns: np.ndarray, permutation: np.ndarray) -> np.ndarray:
+    matches = np.zeros(columns.shape[1], dtype=np.int64)
+    for position, tile in enumerate(permutation):
+        matches += columns[position] == tile
+    return len(permutation) - matches
 
 
 def _candidates(grid: int, seed: int) -> np.ndarray:
     tiles = grid * grid
     if tiles <= 9:
-        return np.array(list(itertools.permutations(range(tiles))), dtype=np.int8)
+        return _all_permutations(tiles)
     rng = np.random.RandomState(seed)
     sample = np.argsort(rng.rand(_SAMPLED_CANDIDATES - 1, tiles), axis=1)
     return np.concatenate([np.arange(tiles)[None], sample]).astype(np.int16)
+
+
+@functools.lru_cache(maxsize=2)
+def _all_permutations(tiles: int) -> np.ndarray:
+    """All ``tiles!`` permutations in lexicographic order (row 0 is the identity)."""
+    return np.array(list(itertools.permutations(range(tiles))), dtype=np.int8)
 
 
 def minimum_hamming_distance(permutations: Tensor) -> int:

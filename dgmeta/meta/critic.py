@@ -22,6 +22,13 @@ the first stage's gradient, so the base optimizer steps on ``L_base + critic_wei
 
 The critic lives in the stepper (its state and Adam state are in ``state_dict`` for resume): it is
 a training device only, not part of the saved network and not used at test time.
+
+Cost per step, on top of the base step: the first-stage objective's forward/backward on the
+meta-train half, the critic term's featurizer forward/backward on it (with a graph), the meta-test
+forward at theta_old (no graph) and at theta_new with the backward into omega (a double backward
+through the featurizer), and the featurizer forward/backward of the model's critic term on the full
+batch. Measured (ERM, timm ``test_resnet``, 32 px, 3 x 16 images, one CPU thread): about 6.5x the
+base step.
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ so ERM/DANN/JiGen take one step per inner step, MCD takes A, B, then C ``num_k``
 Outer loss: ``L_val(theta') = cross_entropy(predict_{theta'}(batch_test.x), batch_test.y)``.
 
 ``order=2`` (exact): ``d L_val(theta'(theta)) / d theta``, differentiating through every inner
-step (``create_graph=True``: Hessian-vector products of the learner's own objectives).
+step (``create_graph=True``: Hessian-vector products of the learner's own objectives). Exact for
+the computation as the learner writes it: what a learner computes without a graph is a constant
+here too (MCD's step B computes its features under ``no_grad``, so the exact meta-gradient does
+not see how those features move with the featurizer).
 
 ``order=1`` (first-order MAML): the inner steps are taken without a graph and the Jacobian
 ``d theta' / d theta`` is replaced by the identity, so the meta-gradient is the plain gradient of
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from dgmeta.errors import ConfigError
 from dgmeta.learners.base import Batch, Learner, Objective
 
 Params = dict[str, Tensor]
@@ -124,6 +128,8 @@ def inner_adapt(
     for _ in range(inner_steps):
         for stage in learner.stages():
             names = [n for n in learner.stage_parameter_names(stage) if n in current]
+            if not names:  # a stage over frozen modules only: nothing to step
+                continue
             for _ in range(stage.repeat):
                 if create_graph:
                     # A stage's SGD step needs the *partial* gradient w.r.t. its own parameters.
@@ -170,8 +176,6 @@ def meta_gradient(
     Nothing is written into ``.grad``: the caller decides how to apply the result.
     """
     if order not in (1, 2):
-        from dgmeta.errors import ConfigError
-
         raise ConfigError(f"meta_order={order} is not supported", "pass --set meta_order=1 (first-order) or 2 (exact)")
     exact = order == 2
     theta = trainable_params(learner)

@@ -22,6 +22,15 @@ Schedules (hparam ``meta_schedule``):
 
 Extra parameters (a DANN discriminator, MCD's second classifier, a jigsaw head) need nothing
 special: the meta-gradient covers every trainable parameter of the learner.
+
+Cost of an online step, on top of the base step (one forward/backward of the full batch): the
+inner loop's forward/backward on the meta-train half (per stage and repeat) plus one on the
+meta-test half, i.e. about one more full-batch pass for first order, whatever the learner; nothing
+of the base pass can be reused, because the inner objective differs from the base one (other
+domains, the held-out source as the unlabelled target). Second order adds the backward through the
+inner backward (double backward, Hessian-vector products). Measured (ERM, timm ``test_resnet``,
+32 px, 3 x 16 images, one CPU thread; ``tests/test_meta_timing.py``): first order about 2.3x the
+base step, second order about 5.5x.
 """
 
 from __future__ import annotations

@@ -46,6 +46,9 @@ def require_finite(what: str, value: torch.Tensor, learner: Learner, hint: str) 
 
 
 class EpisodicStepper(StageStepper):
+    """A :class:`StageStepper` whose first stage also gets the gradients of ``terms``, all computed
+    on one episode per step (drawn only when there are terms, so resumed runs draw the same ones)."""
+
     def __init__(
         self,
         learner: Learner,
@@ -60,6 +63,12 @@ class EpisodicStepper(StageStepper):
         self.sampler = EpisodeSampler(sources, int(hparams.get("meta_test_domains", 1)), seed)
         self.terms: list[MetaTerm] = list(terms)
         self._first_stage = set(learner.stage_parameter_names(self.stages[0]))
+
+    def term(self, name: str) -> MetaTerm:
+        for term in self.terms:
+            if term.name == name:
+                return term
+        raise KeyError(f"this stepper has no {name!r} meta term (it has: {', '.join(t.name for t in self.terms) or 'none'})")
 
     def next_episode(self, batch: Batch) -> Episode:
         meta_train_ids, meta_test_ids = self.sampler()

@@ -378,30 +378,36 @@ def to_csv(comparison: Comparison) -> str:
 
 
 def print_table(comparison: Comparison, console=None) -> None:
-    """A rich table; numbers are never truncated (key columns fold first on a narrow terminal)."""
+    """A rich table. Group keys with one value across all rows move to the title; cells are never truncated."""
     import sys
 
     from rich.console import Console
     from rich.table import Table
 
-    # off a terminal rich assumes 80 columns; a pipe or file has no width limit worth cutting numbers for
+    # off a terminal rich assumes 80 columns; a pipe or a file has no width worth cutting numbers for
     console = console or (Console() if sys.stdout.isatty() else Console(width=240))
     columns = table_columns(comparison)
     cells = [row_cells(comparison, row) for row in comparison.rows]
-    keys = len(comparison.group_by) + 1
-    table = Table(title="test accuracy (%) per target, mean over seeds")
-    for index, column in enumerate(columns):
-        if index < keys:
-            table.add_column(column, overflow="fold")
-        else:
-            width = max([len(c[index]) for c in cells] + [4])
-            table.add_column(column, justify="right", no_wrap=True, min_width=width)
+    keys = len(comparison.group_by)
+    constant = [i for i in range(keys) if cells and len({c[i] for c in cells}) == 1]
+    shown = [i for i in range(len(columns)) if i not in constant]
+    fixed = ", ".join(f"{columns[i]}={cells[0][i]}" for i in constant)
+    title = "test accuracy (%) per target, mean over seeds" + (f"\n{fixed}" if fixed else "")
+    if comparison.against:
+        key, value = comparison.against
+        title += f"\nΔ: percentage points against {key}={value}; p: paired t-test over (target, seed)"
+        columns = columns[:-2] + ["Δ", "p"]
+    table = Table(title=title)
+    for index in shown:
+        width = max([len(c[index]) for c in cells] + [min(len(columns[index]), 8)])
+        numeric = index > keys
+        table.add_column(columns[index], justify="right" if numeric else "left", no_wrap=True, min_width=width)
     previous = None
     for row, line in zip(comparison.rows, cells):
         if previous is not None and row.group != previous:
             table.add_section()
         previous = row.group
-        table.add_row(*line, style="bold" if row.target == AVERAGE else None)
+        table.add_row(*(line[i] for i in shown), style="bold" if row.target == AVERAGE else None)
     if comparison.rows:
         console.print(table)
     else:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from dgmeta.errors import TrackingError
 
@@ -54,6 +55,21 @@ def _check_server(uri: str) -> None:
         ) from None
 
 
+@contextmanager
+def _store_setup_lock(uri: str) -> Iterator[None]:
+    """Serialise opening a SQLite store across processes: two runs starting at once would both
+    create its tables (alembic migrations) and the experiment, and one of them would fail."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri[len("sqlite:///") :] + ".lock")
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
 def artifact_root_for(uri: str) -> str | None:
     """Where new experiments keep artifacts: beside a SQLite store, else the server's default."""
     if uri.startswith("sqlite:///"):
@@ -91,14 +107,15 @@ class Tracking:
 
         self.uri = resolve_tracking_uri(tracking_uri)
         try:
-            self.client = MlflowClient(tracking_uri=self.uri)
-            found = self.client.get_experiment_by_name(experiment)
-            if found is None:
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root_for(self.uri))
-            else:
-                if found.lifecycle_stage == "deleted":
-                    self.client.restore_experiment(found.experiment_id)
-                self.experiment_id = found.experiment_id
+            with _store_setup_lock(self.uri):
+                self.client = MlflowClient(tracking_uri=self.uri)
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root_for(self.uri))
+                else:
+                    if found.lifecycle_stage == "deleted":
+                        self.client.restore_experiment(found.experiment_id)
+                    self.experiment_id = found.experiment_id
         except TrackingError:
             raise
         except Exception as exc:

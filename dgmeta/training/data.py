@@ -33,10 +33,11 @@ class JobData:
     shot_files: list[str] = field(default_factory=list)
 
 
-def _arrays(samples, image_size, cache_dir, progress) -> DomainArrays:
-    from dgmeta.data import labels_of, load_images
+def _arrays(samples, image_size, cache_dir, progress, cache: str = "disk") -> DomainArrays:
+    from dgmeta.data import labels_of
+    from dgmeta.data.streaming import image_array
 
-    return DomainArrays(load_images(samples, image_size, cache_dir=cache_dir, progress=progress), labels_of(samples))
+    return DomainArrays(image_array(samples, image_size, cache, cache_dir=cache_dir, progress=progress), labels_of(samples))
 
 
 def choose_shots(samples, shots: int, seed: int, num_classes: int):
@@ -56,9 +57,10 @@ def choose_shots(samples, shots: int, seed: int, num_classes: int):
     return chosen
 
 
-def prepare_job_data(dataset, target: str, protocol: str, image_size: int, cache_dir, shots: int, seed: int, progress: bool) -> JobData:
+def prepare_job_data(dataset, target: str, protocol: str, image_size: int, cache_dir, shots: int, seed: int, progress: bool, cache: str = "disk") -> JobData:
+    """``cache``: ``disk`` | ``stream`` | ``auto`` per image list (dgmeta.data.streaming.choose_cache)."""
     sources = [d for d in dataset.domains if d != target]
-    load = lambda samples: _arrays(samples, image_size, cache_dir, progress)  # noqa: E731
+    load = lambda samples: _arrays(samples, image_size, cache_dir, progress, cache)  # noqa: E731
     train = [load(dataset.samples(d, "train")) for d in sources]
     val = [load(dataset.samples(d, "val")) for d in sources]
     test_samples = dataset.samples(target, "test")

@@ -2,7 +2,12 @@
 
 Everything a user can get wrong is checked *before* the first MLflow run is created, so a typo
 never leaves an empty or failed run behind; a failure later marks the runs FAILED (or KILLED
-on Ctrl-C) and keeps every metric already logged.
+on SIGINT/SIGTERM) and keeps every metric already logged.
+
+Each job checkpoints as it trains (``dgmeta.training.checkpointing``); ``config.resume`` continues
+an earlier command's runs (``dgmeta.training.resume``): finished jobs are skipped, an interrupted
+one continues from its checkpoint in the same child run. A stop signal ends the current step,
+writes a checkpoint and marks the runs KILLED (``dgmeta.training.signals``).
 """
 
 from __future__ import annotations
@@ -100,7 +105,30 @@ def resolve_plan(config: RunConfig) -> ResolvedPlan:
             f"--meta {config.meta} needs at least two source domains (meta-train and meta-test)",
             "use a dataset with three or more domains, or --meta none",
         )
+    _check_run_options(config, dataset, targets, protocol)
     return ResolvedPlan(dataset, targets, protocol, hparams)
+
+
+def _check_run_options(config: RunConfig, dataset, targets: list[str], protocol: str) -> None:
+    """Mistakes that would otherwise surface only inside a job, after its MLflow run exists."""
+    from dgmeta.training.data import choose_shots
+
+    if not isinstance(config.checkpoint_every, int) or config.checkpoint_every < 0:
+        raise ConfigError(
+            f"--checkpoint-every must be 0 (at every evaluation) or a positive number of steps, got {config.checkpoint_every}",
+            "pass e.g. --checkpoint-every 50",
+        )
+    if config.resume is not None and not str(config.resume).strip():
+        raise ConfigError("--resume needs a run id", "pass the parent or child run id printed by `dgmeta run`, or --resume auto")
+    if config.resume and config.nproc > 1:
+        raise ConfigError("--resume is not supported with --nproc > 1", "resume on a single process, or start a new run")
+    if protocol == "ssda":  # only class sizes matter here; the job draws its own seeded shots
+        for target in targets:
+            choose_shots(dataset.samples(target, "train"), config.shots, 0, len(dataset.classes))
+    if config.weights not in ("imagenet", "none"):  # a local file: cheap to check it fits the backbone now
+        from dgmeta.models import create_network
+
+        create_network(config.backbone, len(dataset.classes), config.weights, 0.0, False)
 
 
 def make_stepper(meta: str, learner, hparams: dict, steps: int, num_sources: int, seed: int):
@@ -140,48 +168,92 @@ def flat_params(config: RunConfig, hparams: dict, **extra) -> dict[str, object]:
 
 
 def run_experiment(config: RunConfig, plan: ResolvedPlan | None = None) -> ExperimentResult:
+    from contextlib import ExitStack
+
     from dgmeta.tracking.mlflow_run import Tracking
+    from dgmeta.training.checkpointing import RunFolder, ensure_writable_folder, runs_root
+    from dgmeta.training.distributed import setup
+    from dgmeta.training.resume import find_resume_point, missing_params, reopen
+    from dgmeta.training.signals import RunInterrupted, StopRequests, stop_signals
 
     plan = plan or resolve_plan(config)
-    tracking = Tracking(config.tracking_uri, config.experiment)
+    dist = setup()  # joins torchrun's process group; only rank 0 talks to MLflow
+    tracking = dist.tracking(lambda: Tracking(config.tracking_uri, config.experiment))
+    config_hash = config.config_hash(protocol=plan.protocol)
+    params = flat_params(config, plan.hparams, targets=",".join(plan.targets), seeds=",".join(map(str, config.seeds)))
+    # Checkpoints, --resume and clean stops are single-process features: under DDP a rank that
+    # stopped on its own would leave the others waiting in a collective.
+    single = not dist.enabled
+    root = ensure_writable_folder(runs_root(tracking.uri)) if single else None
+    resume = find_resume_point(tracking, config, plan, params) if single and config.resume else None
     name = config.run_name or f"{config.dataset}-{config.base}-{config.meta}-{plan.protocol}"
-    parent = tracking.start_run(name, run_tags(config, plan, **{"dgmeta.role": "parent", "dgmeta.config_hash": config.config_hash(protocol=plan.protocol)}))
-    result = ExperimentResult(parent.run_id, config, plan.protocol)
-    try:
-        parent.log_params(flat_params(config, plan.hparams, targets=",".join(plan.targets), seeds=",".join(map(str, config.seeds))))
-        for target in plan.targets:
-            for seed in config.seeds:
-                result.runs.append(run_job(config, plan, tracking, parent, target, seed))
-        summary = {f"test_acc.{t}": result.mean_test_acc(t) for t in plan.targets}
-        summary["test_acc"] = result.mean_test_acc()
-        parent.log_metrics(summary, step=0)
-        parent.finish("FINISHED")
-    except KeyboardInterrupt:
-        parent.set_tags({"dgmeta.error": "interrupted"})
-        parent.finish("KILLED")
-        raise
-    except BaseException as exc:
-        parent.set_tags({"dgmeta.error": str(exc)[:500]})
-        parent.finish("FAILED")
-        raise
+    folder = None
+    with ExitStack() as stack:
+        stop = stack.enter_context(stop_signals()) if single else StopRequests()
+        if resume is None:
+            parent = tracking.start_run(name, run_tags(config, plan, **{"dgmeta.role": "parent", "dgmeta.config_hash": config_hash}))
+        if single:
+            folder = RunFolder(root, config_hash, resume.parent_run_id if resume else parent.run_id)
+            stack.enter_context(folder.lock())  # refuses to resume a run another process is still training
+        if resume is not None:
+            parent = reopen(tracking, resume.parent)
+        result = ExperimentResult(parent.run_id, config, plan.protocol)
+        try:
+            parent.log_params(missing_params(resume.parent if resume else None, params))
+            for target in plan.targets:
+                for seed in config.seeds:
+                    existing = resume.children.get((target, seed)) if resume else None
+                    result.runs.append(run_job(config, plan, tracking, parent, target, seed, stop=stop, folder=folder, existing=existing))
+            summary = {f"test_acc.{t}": result.mean_test_acc(t) for t in plan.targets}
+            summary["test_acc"] = result.mean_test_acc()
+            parent.log_metrics(summary, step=0)
+            parent.finish("FINISHED")
+        except (KeyboardInterrupt, RunInterrupted) as exc:
+            parent.set_tags({"dgmeta.error": "interrupted"})
+            parent.finish("KILLED")
+            if isinstance(exc, RunInterrupted) and single:
+                exc.hint = f"continue with the same command plus --resume {parent.run_id}"
+            raise
+        except BaseException as exc:
+            parent.set_tags({"dgmeta.error": str(exc)[:500]})
+            parent.finish("FAILED")
+            raise
+    if folder is not None:
+        folder.remove_if_done()
     return result
 
 
-def run_job(config: RunConfig, plan: ResolvedPlan, tracking, parent, target: str, seed: int) -> RunResult:
+def run_job(
+    config: RunConfig, plan: ResolvedPlan, tracking, parent, target: str, seed: int,
+    stop=None, folder=None, existing=None,
+) -> RunResult:
+    """Train and evaluate one (target, seed); ``folder`` (a ``RunFolder``) enables checkpoints,
+    ``existing`` (the job's child run of a resumed command) continues that run."""
     from dgmeta.learners import LearnerContext, create_learner
     from dgmeta.models import create_network
     from dgmeta.training.data import prepare_job_data
+    from dgmeta.training.distributed import current
+    from dgmeta.training.resume import missing_params, reopen
+    from dgmeta.training.signals import RunInterrupted
+    from dgmeta.meta import total_calls
     from dgmeta.training.trainer import BatchSource, Trainer
 
+    if existing is not None and existing.info.status == "FINISHED":
+        return finished_result(tracking, existing, target, seed)
     dataset = plan.dataset
     config_hash = config.config_hash(protocol=plan.protocol, target=target, seed=seed)
     tags = run_tags(config, plan, **{
         "dgmeta.role": "child", "dgmeta.target": target, "dgmeta.seed": seed, "dgmeta.config_hash": config_hash,
     })
-    child = tracking.start_run(f"{config.base}-{config.meta}-{target}-s{seed}", tags, parent)
+    child = reopen(tracking, existing) if existing is not None else tracking.start_run(f"{config.base}-{config.meta}-{target}-s{seed}", tags, parent)
+    checkpoint = None
+    if folder is not None:
+        checkpoint = folder.job(target, seed, {"config_hash": config_hash, "backbone": config.backbone, "target": target, "seed": seed})
     try:
         seed_everything(seed, config.deterministic)
-        data = prepare_job_data(dataset, target, plan.protocol, config.image_size, config.cache_dir, config.shots, seed, not config.quiet)
+        dist = current()
+        with dist.main_first():  # rank 0 builds the decoded-image cache, the other ranks then read it
+            data = prepare_job_data(dataset, target, plan.protocol, config.image_size, config.cache_dir, config.shots, seed, not config.quiet and dist.is_main, config.cache)
         num_sources = len(data.sources)
         network = create_network(config.backbone, len(dataset.classes), config.weights, float(plan.hparams.get("dropout", 0.0)), config.channels_last)
         context = LearnerContext(
@@ -192,15 +264,24 @@ def run_job(config: RunConfig, plan: ResolvedPlan, tracking, parent, target: str
         )
         learner = create_learner(config.base, network, context, plan.hparams)
         stepper = make_stepper(config.meta, learner, plan.hparams, config.steps, num_sources, seed)
-        child.log_params(flat_params(config, plan.hparams, target=target, seed=seed, protocol=plan.protocol, split_kind=dataset.split_kind))
+        dist.attach(stepper)  # DDP: same start on every rank, gradients averaged before each optimizer step
+        child.log_params(missing_params(existing, flat_params(config, plan.hparams, target=target, seed=seed, protocol=plan.protocol, split_kind=dataset.split_kind, world_size=dist.world_size)))
         if data.shot_files:
             child.log_text("\n".join(data.shot_files), "ssda_labelled_shots.txt")
-        batches = BatchSource(data, config.batch_size, seed, augment=plan.hparams.get("augment", "standard") != "none")
+        batches = BatchSource(data, config.batch_size, seed, augment=plan.hparams.get("augment", "standard") != "none", dist=dist)
         trainer = Trainer(
-            learner, stepper, data, batches, config.steps, config.eval_every, config.precision,
-            on_metrics=child.log_metrics, progress=not config.quiet,
+            learner, stepper, data, batches, total_calls(stepper), config.eval_every, config.precision,
+            on_metrics=child.log_metrics, progress=not config.quiet and dist.is_main,
             description=f"{config.base}+{config.meta} → {target} s{seed}",
+            evaluate_fn=dist.evaluate if dist.enabled else None,
+            checkpoint_every=config.checkpoint_every,
+            on_checkpoint=_checkpoint_writer(checkpoint, child, parent) if checkpoint is not None else None,
+            stop=stop,
         )
+        if checkpoint is not None:
+            child.set_tags({"dgmeta.checkpoint": str(checkpoint.path)})
+            if existing is not None:
+                _resume_trainer(trainer, checkpoint, config.backbone, child)
         outcome = trainer.fit()
         learner.load_state_dict(outcome.selected_state)
         selected = outcome.history.selected()
@@ -218,13 +299,15 @@ def run_job(config: RunConfig, plan: ResolvedPlan, tracking, parent, target: str
         child.log_metrics(final, step=config.steps)
         per_domain = dict(selected.val)
         per_domain[target] = test_acc
-        model_path = _log_artifacts(child, config, plan, learner, data, outcome, target, seed, per_domain)
+        model_path = _log_artifacts(child, config, plan, learner, data, outcome, target, seed, per_domain) if dist.is_main else None
         child.finish("FINISHED")
+        if checkpoint is not None:
+            checkpoint.discard()
         return RunResult(
             target, seed, child.run_id, test_acc, selected.step, selected.val_mean, per_domain,
             model_path, oracle.test[target], outcome.images_per_second, outcome.data_wait_fraction,
         )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunInterrupted):
         child.set_tags({"dgmeta.error": "interrupted"})
         child.finish("KILLED")
         raise
@@ -232,6 +315,41 @@ def run_job(config: RunConfig, plan: ResolvedPlan, tracking, parent, target: str
         child.set_tags({"dgmeta.error": f"{type(exc).__name__}: {exc}"[:500]})
         child.finish("FAILED")
         raise
+
+
+def _checkpoint_writer(checkpoint, child, parent):
+    def write(step: int, state: dict) -> None:
+        child.flush()  # the metrics up to this step reach the store before the state that follows them
+        checkpoint.save(step, state, parent_run_id=parent.run_id, child_run_id=child.run_id)
+
+    return write
+
+
+def _resume_trainer(trainer, checkpoint, backbone: str, child) -> None:
+    """Load the job's checkpoint into ``trainer``; without one (killed before the first) it starts over."""
+    from dgmeta.training.checkpointing import incompatible_checkpoint
+
+    payload = checkpoint.load()
+    if payload is None:
+        return
+    try:
+        trainer.load_state_dict(payload["state"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise incompatible_checkpoint(checkpoint.path, backbone, exc) from None
+    child.set_tags({"dgmeta.resumed_from_step": trainer.start_step})
+
+
+def finished_result(tracking, run, target: str, seed: int) -> RunResult:
+    """The result of a job that finished before its command was resumed, read back from its artifacts."""
+    run_id = run.info.run_id
+    out = tempfile.mkdtemp(prefix="dgmeta-resume-")
+    results = json.loads(Path(tracking.client.download_artifacts(run_id, "results.json", out)).read_text())
+    model_path = Path(tracking.client.download_artifacts(run_id, "model/network.pt", out))
+    selected = next(c for c in results["checkpoints"] if c["step"] == results["selected_step"])
+    return RunResult(
+        target, seed, run_id, results["test_acc"], results["selected_step"], selected["val_mean"], results["per_domain"],
+        model_path, results["oracle_test_acc"], results["images_per_second"], results["data_wait_fraction"],
+    )
 
 
 def _log_artifacts(child, config, plan, learner, data, outcome, target, seed, per_domain) -> Path:
@@ -275,6 +393,7 @@ def _log_artifacts(child, config, plan, learner, data, outcome, target, seed, pe
         "meta_mode": config.meta,
         "protocol": plan.protocol,
         "dropout": float(plan.hparams.get("dropout", 0.0)),
+        "hparams": dict(plan.hparams),
     }
     model_path = save_network(out / "network.pt", network, meta)
     child.log_artifact(model_path, "model")

@@ -9,6 +9,7 @@ through :meth:`StageStepper.add_gradients` without the learner knowing.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -36,6 +37,8 @@ class StageStepper:
             stage.name: self._make_optimizer(stage) for stage in self.stages
         }
         self.step_count = 0
+        #: averages ``.grad`` over data-parallel processes; set by dgmeta.training.distributed.attach
+        self.gradient_sync: Callable[[list[torch.Tensor]], None] | None = None
 
     def _make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
         lr = float(self.hparams.get("lr", 0.01))
@@ -85,11 +88,11 @@ class StageStepper:
                 objective.loss.backward()
                 if index == 0:
                     logs.update(self.add_gradients(batch, p))
+                params = [q for g in opt.param_groups for q in g["params"]]
+                self.sync_gradients(params)
                 clip = float(self.hparams.get("grad_clip", 0.0))
                 if clip > 0:
-                    torch.nn.utils.clip_grad_norm_(
-                        [q for g in opt.param_groups for q in g["params"]], clip
-                    )
+                    torch.nn.utils.clip_grad_norm_(params, clip)
                 opt.step()
                 prefix = "" if len(self.stages) == 1 else f"{stage.name}/"
                 for name, value in objective.terms.items():
@@ -102,13 +105,19 @@ class StageStepper:
         """Hook: add extra gradients into ``.grad`` before the first stage's optimizer step."""
         return {}
 
+    def sync_gradients(self, params: list[torch.Tensor]) -> None:
+        """Hook: average ``.grad`` of ``params`` over data-parallel processes before an optimizer
+        step (after any meta-gradient was added); a no-op unless the run is distributed."""
+        if self.gradient_sync is not None:
+            self.gradient_sync(params)
+
     def _check_finite(self, stage: Stage, objective) -> None:
         if torch.isfinite(objective.loss).item():
             return
         bad = [n for n, v in objective.terms.items() if not torch.isfinite(v).all().item()]
         term = bad[0] if bad else "loss"
         raise TrainingError(
-            f"non-finite loss at step {self.step_count}: term {term!r} of stage {stage.name!r} in learner {self.learner.name!r}",
+            f"non-finite loss at step {self.step_count + 1}: term {term!r} of stage {stage.name!r} in learner {self.learner.name!r}",
             "lower --set lr=... or enable --set grad_clip=1.0; the last good checkpoint is kept",
         )
 

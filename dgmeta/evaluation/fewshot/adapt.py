@@ -29,14 +29,14 @@ def prototypes(features: Tensor, labels: Tensor, ways: int) -> Tensor:
     return (one_hot.T @ features) / one_hot.sum(0).clamp_min(1).unsqueeze(1)
 
 
-def proto_head(features: Tensor, labels: Tensor, ways: int) -> Head:
-    """Proto-MAML's head: ``W = 2c``, ``b = -|c|^2``, i.e. ProtoNet's negative squared distance.
+def proto_head(features: Tensor, labels: Tensor, ways: int, temperature: float = 1.0) -> Head:
+    """Proto-MAML's head: ``W = 2tc``, ``b = -t|c|^2``, i.e. ProtoNet's negative squared distance.
 
-    ``-|x - c|^2 = 2c.x - |c|^2 - |x|^2`` and ``|x|^2`` is shared by all classes, so this linear
-    head starts out exactly as the nearest-prototype classifier (Triantafillou et al., 2020).
+    ``-t|x - c|^2 = 2tc.x - t|c|^2 - t|x|^2`` and ``t|x|^2`` is shared by all classes, so this
+    linear head starts out exactly as the nearest-prototype classifier (Triantafillou et al., 2020).
     """
     c = prototypes(features, labels, ways)
-    return {"weight": 2.0 * c, "bias": -(c * c).sum(1)}
+    return {"weight": 2.0 * temperature * c, "bias": -temperature * (c * c).sum(1)}
 
 
 def linear_logits(features: Tensor, head: Head) -> Tensor:

@@ -8,6 +8,7 @@ adapt the backbone (``finetune --finetune-all``, ``maml``) also get the episode'
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -110,7 +111,7 @@ def parse_shots(shots: str | int | Sequence[int]) -> list[int]:
 
 
 def check_episodes(episodes: int) -> int:
-    if not isinstance(episodes, int) or episodes < 1:
+    if not isinstance(episodes, numbers.Integral) or episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {episodes}", "pass e.g. --episodes 600")
     return episodes
 
@@ -131,8 +132,8 @@ def build_samplers(
 
 
 @contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run the block with ``count`` intra-op threads (None: unchanged).
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads.
 
     Episode-sized work (a few dozen feature rows, or a backbone pass over ~100 small images)
     gains little from threads and loses a lot to their synchronisation when other processes
@@ -140,7 +141,7 @@ def torch_threads(count: int | None) -> Iterator[None]:
     with one thread. Embedding the whole domain (large batches) keeps the configured threads.
     """
     previous = torch.get_num_threads()
-    if count is not None and count != previous:
+    if count != previous:
         torch.set_num_threads(count)
     try:
         yield
@@ -200,38 +201,39 @@ def run_fewshot(
     if len(features) != len(labels):
         raise ConfigError(f"{len(features)} feature rows for {len(labels)} labels", "embed the same images the labels describe")
 
-    accuracies: dict[tuple[str, int], list[float]] = {(m.label, k): [] for m in chosen for k in shots}
-    seconds: dict[tuple[str, int], float] = {key: 0.0 for key in accuracies}
     records: list[EpisodeRecord] = []
     with progress_bar("few-shot episodes", len(shots) * episodes, progress) as advance, torch_threads(1):
         for k in shots:
             for episode in samplers[k].episodes(episodes):
-                task = _task(episode, features, images, with_images)
-                query_labels = torch.from_numpy(episode.query_labels)
-                classes = " ".join(str(int(c)) for c in episode.classes)
-                for method in chosen:
-                    start = time.perf_counter()
-                    predicted = method.predict(task)
-                    elapsed = time.perf_counter() - start
-                    acc = float((predicted == query_labels).float().mean())
-                    accuracies[(method.label, k)].append(acc)
-                    seconds[(method.label, k)] += elapsed
-                    records.append(EpisodeRecord(method.label, k, episode.index, acc, elapsed, classes))
+                records.extend(_run_episode(chosen, k, episode, _task(episode, features, images, with_images)))
                 advance(1)
-
     ways_used = next(iter(samplers.values())).ways
-    results = [
-        FewShotResult(
-            method=label,
-            shots=k,
-            ways=ways_used,
-            queries=queries,
-            accuracy=float(np.mean(accs)),
-            ci95=confidence95(accs),
-            episodes=len(accs),
-            seconds_per_episode=seconds[(label, k)] / len(accs),
-        )
-        for (label, k), accs in accuracies.items()
-    ]
-    results.sort(key=lambda r: (r.shots, [m.label for m in chosen].index(r.method)))
-    return FewShotReport(results, records, ways=ways_used, queries=queries, seed=seed)
+    return FewShotReport(_summarise(records, [m.label for m in chosen], ways_used, queries), records, ways_used, queries, seed)
+
+
+def _run_episode(methods: Sequence[FewShotMethod], shots: int, episode: Episode, task: Task) -> list[EpisodeRecord]:
+    query_labels = torch.from_numpy(episode.query_labels)
+    classes = " ".join(str(int(c)) for c in episode.classes)
+    out = []
+    for method in methods:
+        start = time.perf_counter()
+        predicted = method.predict(task)
+        elapsed = time.perf_counter() - start
+        accuracy = float((predicted == query_labels).float().mean())
+        out.append(EpisodeRecord(method.label, shots, episode.index, accuracy, elapsed, classes))
+    return out
+
+
+def _summarise(records: Sequence[EpisodeRecord], order: Sequence[str], ways: int, queries: int) -> list[FewShotResult]:
+    """One result per (method, shots): rows sorted by shots, then methods in the order given."""
+    groups: dict[tuple[int, str], list[EpisodeRecord]] = {}
+    for record in records:
+        groups.setdefault((record.shots, record.method), []).append(record)
+    results = []
+    for (shots, method), rows in sorted(groups.items(), key=lambda item: (item[0][0], order.index(item[0][1]))):
+        accs = [r.accuracy for r in rows]
+        results.append(FewShotResult(
+            method=method, shots=shots, ways=ways, queries=queries, accuracy=float(np.mean(accs)),
+            ci95=confidence95(accs), episodes=len(rows), seconds_per_episode=sum(r.seconds for r in rows) / len(rows),
+        ))
+    return results
