@@ -187,6 +187,11 @@ def test_dann_without_target_images_under_msda_is_a_one_line_error():
         model(batch, stage="main", progress=0.5)
 
 
+def test_dann_under_dg_needs_two_source_domains():
+    with pytest.raises(ConfigError, match="two source domains"):
+        create_learner("dann", TinyNetwork(), LearnerContext(NUM_CLASSES, 1, "dg"), hparams("dann"))
+
+
 # -- MCD ----------------------------------------------------------------------------------
 
 
@@ -305,8 +310,10 @@ def test_jigen_target_terms_only_under_domain_adaptation():
 # -- the contract the meta wrappers rely on -------------------------------------------------
 
 
-@pytest.mark.parametrize("name,protocol,stage", [("dann", "msda", "main"), ("mcd", "msda", "A"), ("mcd", "msda", "C"), ("jigen", "msda", "main")])
-def test_objective_under_functional_call_matches_and_differentiates(name, protocol, stage):
+@pytest.mark.parametrize(
+    "name,protocol,stage", [("dann", "msda", "main"), ("mcd", "msda", "A"), ("mcd", "msda", "C"), ("jigen", "msda", "main")]
+)
+def test_objective_under_functional_call_uses_the_given_parameters(name, protocol, stage):
     model = learner(name, protocol)
     batch = make_batch(protocol, torch.Generator().manual_seed(0))
     params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
@@ -315,5 +322,8 @@ def test_objective_under_functional_call_matches_and_differentiates(name, protoc
     torch.manual_seed(7)
     functional = torch.func.functional_call(model, params, (batch,), {"stage": stage, "progress": 0.5}).loss
     torch.testing.assert_close(functional, direct)
+    zeroed = {**params, "classifier.weight": torch.zeros_like(params["classifier.weight"])}
+    torch.manual_seed(7)
+    assert torch.func.functional_call(model, zeroed, (batch,), {"stage": stage, "progress": 0.5}).loss != functional
     grads = torch.autograd.grad(functional, [params[n] for n in params if n.startswith("featurizer.")], allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)

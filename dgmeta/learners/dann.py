@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dgmeta.errors import ConfigError
 from dgmeta.learners.base import Batch, Learner, LearnerContext, Objective
 from dgmeta.learners.registry import LEARNERS
 from dgmeta.losses import DomainAdversarialLoss, DomainDiscriminator, dann_lambda
@@ -36,6 +37,11 @@ class DANN(Learner):
     def __init__(self, network, context: LearnerContext, hparams: dict):
         super().__init__(network, context, hparams)
         self.source_vs_target = context.protocol in ("msda", "ssda")
+        if not self.source_vs_target and context.num_domains < 2:
+            raise ConfigError(
+                "--base dann under --protocol dg needs at least two source domains to align",
+                "use a dataset with two or more source domains, or --protocol msda",
+            )
         discriminator = DomainDiscriminator(
             self.feature_dim,
             2 if self.source_vs_target else context.num_domains,

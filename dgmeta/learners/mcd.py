@@ -70,14 +70,13 @@ class MCD(Learner):
             return Objective(cls1 + cls2, {"cls1": cls1.detach(), "cls2": cls2.detach()})
         target_x = self.target_images(batch)
         if stage == "B":
-            # Separate passes, as in the paper's code: target features are then normalised by
-            # target batch statistics exactly as in stage C, which minimises the same quantity.
-            with torch.no_grad():
+            with torch.no_grad():  # target alone, so its batch statistics match stage C's
                 labelled_features = self.featurizer(batch.x)
                 target_features = self.featurizer(target_x)
             cls1, cls2 = self._labelled_losses(labelled_features, batch.y)
             discrepancy = self.discrepancy(target_features)
-            return Objective(cls1 + cls2 - discrepancy, {"cls": (cls1 + cls2).detach(), "discrepancy": discrepancy.detach()})
+            cls = cls1 + cls2
+            return Objective(cls - discrepancy, {"cls": cls.detach(), "discrepancy": discrepancy.detach()})
         if stage == "C":
             discrepancy = self.discrepancy(self.featurizer(target_x))
             return Objective(discrepancy, {"discrepancy": discrepancy.detach()})

@@ -18,6 +18,8 @@ from dgmeta.errors import TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 PARENT_RUN_ID_TAG = "mlflow.parentRunId"
+#: tracking URI schemes MLflow stores understand (a driver may follow a "+", as in postgresql+psycopg2)
+KNOWN_SCHEMES = {"sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc"}
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -28,10 +30,17 @@ def resolve_tracking_uri(uri: str | None) -> str:
         folder = db.parent if str(db.parent) else Path(".")
         if not folder.exists():
             raise TrackingError(f"tracking store folder {folder} does not exist", "create it or pass another --tracking-uri")
+        if db.is_dir():  # MLflow would retry opening it for minutes
+            raise TrackingError(f"tracking store {db} is a folder, not a SQLite file", f"pass e.g. --tracking-uri sqlite:///{db / 'mlruns.db'}")
         if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
             raise TrackingError(f"tracking store {db} is not writable", "fix its permissions or pass another --tracking-uri")
     elif uri.startswith(("http://", "https://")):
         _check_server(uri)
+    elif "://" in uri and uri.split("://", 1)[0].split("+", 1)[0].lower() not in KNOWN_SCHEMES:
+        raise TrackingError(
+            f"unsupported tracking URI scheme {uri.split('://', 1)[0]!r} in {uri}",
+            "use sqlite:///PATH/mlruns.db, a folder path, or http://HOST:PORT of an MLflow server",
+        )
     elif uri.startswith("file:") or "://" not in uri:
         path = Path(uri[len("file:") :] if uri.startswith("file:") else uri)
         target = path if path.exists() else path.parent
