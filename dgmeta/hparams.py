@@ -61,6 +61,7 @@ _META: dict[str, dict[str, tuple[Any, Draw, str]]] = {
         "offline_meta_steps": (100, lambda r: 100, "meta-iterations before base training (offline)"),
         "meta_lr": (0.01, lambda r: float(10 ** r.uniform(-3, -1.5)), "outer learning rate (offline)"),
         "meta_test_domains": (1, lambda r: 1, "held-out source domains per episode"),
+        "meta_batch_fraction": (0.5, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode"),
     },
     "critic": {
         "critic_lr": (1e-3, lambda r: float(10 ** r.uniform(-4, -2)), "Adam learning rate of the critic"),
@@ -68,6 +69,7 @@ _META: dict[str, dict[str, tuple[Any, Draw, str]]] = {
         "critic_weight": (1.0, lambda r: float(r.choice([0.1, 1.0])), "weight of h_omega in the model's loss"),
         "critic_inner_lr": (0.01, lambda r: float(10 ** r.uniform(-3, -1)), "alpha for theta_old/theta_new"),
         "meta_test_domains": (1, lambda r: 1, "held-out source domains per episode"),
+        "meta_batch_fraction": (0.5, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode"),
     },
 }
 

@@ -25,7 +25,10 @@ PLAIN_SGD = {"momentum": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "h
 
 
 def hparams(meta: str, base: str = "erm", **overrides) -> dict:
-    return apply_overrides(default_hparams(base, meta), {**PLAIN_SGD, **overrides})
+    defaults = default_hparams(base, meta)
+    # the exact-arithmetic checks below rebuild the episode from the whole batch
+    full_episode = {"meta_batch_fraction": 1.0} if "meta_batch_fraction" in defaults else {}
+    return apply_overrides(defaults, {**PLAIN_SGD, **full_episode, **overrides})
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

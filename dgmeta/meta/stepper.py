@@ -10,6 +10,7 @@ dgmeta the first stage holds all parameters (MCD's step A trains G, F1 and F2).
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, Sequence
 
 import torch
@@ -45,6 +46,19 @@ def require_finite(what: str, value: torch.Tensor, learner: Learner, hint: str) 
         raise TrainingError(f"non-finite {what} in learner {learner.name!r}", hint)
 
 
+def leading_fraction_per_domain(domain: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Mask keeping the first ``ceil(fraction * n_d)`` samples of every domain ``d``.
+
+    Batches are drawn shuffled, so the leading samples are a random subset; episodes on this
+    subset cost ``fraction`` of a full-batch pass, which is what keeps the online meta step cheap
+    (the meta-gradient is an estimate either way)."""
+    keep = torch.zeros_like(domain, dtype=torch.bool)
+    for d in domain.unique():
+        index = (domain == d).nonzero().flatten()
+        keep[index[: max(1, math.ceil(fraction * len(index)))]] = True
+    return keep
+
+
 class EpisodicStepper(StageStepper):
     """A :class:`StageStepper` whose first stage also gets the gradients of ``terms``, all computed
     on one episode per step (drawn only when there are terms, so resumed runs draw the same ones)."""
@@ -72,6 +86,9 @@ class EpisodicStepper(StageStepper):
 
     def next_episode(self, batch: Batch) -> Episode:
         meta_train_ids, meta_test_ids = self.sampler()
+        fraction = float(self.hparams.get("meta_batch_fraction", 1.0))
+        if fraction < 1.0:
+            batch = batch.select(leading_fraction_per_domain(batch.domain, fraction))
         meta_train, meta_test = split_batch(batch, meta_train_ids, meta_test_ids)
         return Episode(meta_train_ids, meta_test_ids, meta_train, meta_test)
 

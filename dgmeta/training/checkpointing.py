@@ -123,9 +123,9 @@ def load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, foreign or pickled-object files
+    except Exception:  # truncated, foreign or pickled-object files
         raise WeightsError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__})",
+            f"checkpoint {path} is corrupt or truncated",
             "delete it to restart this (target, seed) from step 0, or resume another run",
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("meta"), dict):
