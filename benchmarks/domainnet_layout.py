@@ -30,8 +30,10 @@ def make_domainnet_layout(
     pool_per_class: int = 3,
     image_size: int = 20,
     seed: int = 0,
+    test_entries: int | None = None,
 ) -> Path:
-    """``<data_root>/DomainNet/<domain>/<class>/*.jpg`` and lists of ``entries`` train lines per domain."""
+    """``<data_root>/DomainNet/<domain>/<class>/*.jpg`` and lists of ``entries`` train lines per
+    domain (and ``test_entries``, default a tenth of that, test lines)."""
     rng = np.random.default_rng(seed)
     root = Path(data_root) / "DomainNet"
     for d_index, domain in enumerate(domains):
@@ -45,7 +47,7 @@ def make_domainnet_layout(
                 Image.fromarray(pixels).save(folder / f"{name}_{i:03d}.jpg", quality=90)
                 pool.append(f"{domain}/{name}/{name}_{i:03d}.jpg {label}\n")
         train = [pool[i % len(pool)] for i in range(entries)]
-        test = [pool[i % len(pool)] for i in range(max(len(pool), entries // 10))]
+        test = [pool[i % len(pool)] for i in range(max(len(pool), entries // 10 if test_entries is None else test_entries))]
         (root / f"{domain}_train.txt").write_text("".join(train))
         (root / f"{domain}_test.txt").write_text("".join(test))
     return Path(data_root)
@@ -55,8 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_root", type=Path)
     parser.add_argument("--entries", type=int, default=100_000, help="train-list lines per domain")
+    parser.add_argument("--test-entries", type=int, default=None, help="test-list lines per domain [entries / 10]")
     args = parser.parse_args()
-    make_domainnet_layout(args.data_root, args.entries)
+    make_domainnet_layout(args.data_root, args.entries, test_entries=args.test_entries)
     print(f"DomainNet layout with {args.entries:,} train entries per domain in {args.data_root}/DomainNet")
 
 

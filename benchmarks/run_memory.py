@@ -8,7 +8,8 @@ reclaimable by the OS, but they are in the number).
 
     # full PACS (all 4 domains decoded and cached), default settings, one target
     python benchmarks/run_memory.py pacs --data-root ../shared/data --target art_painting --steps 30
-    # DomainNet layout: 3 domains x 200k list entries (~600k, DomainNet's size), lists > 50k streamed
+    # DomainNet layout: 3 domains x (200k train + 5k test) list entries (~600k, DomainNet's size);
+    # lists over 50k images stream (train: 180k), the rest (val: 20k, test) use the disk cache
     python benchmarks/run_memory.py domainnet-layout --entries 200000 --image-size 64 --steps 20
 
 Writes benchmarks/results/run_memory_<dataset>.json and prints it.
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--entries", type=int, default=200_000, help="domainnet-layout: train-list entries per domain")
+    parser.add_argument("--test-entries", type=int, default=5_000, help="domainnet-layout: test-list entries per domain")
     parser.add_argument("--cache", default="auto", help="auto | disk | stream")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `dgmeta run` options")
     args = parser.parse_args()
@@ -47,7 +49,7 @@ def main() -> None:
     else:
         from domainnet_layout import make_domainnet_layout
 
-        data_root = str(make_domainnet_layout(work / "data", args.entries))
+        data_root = str(make_domainnet_layout(work / "data", args.entries, test_entries=args.test_entries))
         dataset, target = "domainnet", args.target or "sketch"
     run_args = [
         dataset, "--data-root", data_root, "--target", target, "--steps", str(args.steps), "--eval-every", str(args.steps),
@@ -59,7 +61,7 @@ def main() -> None:
         "command": "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "run_command": "dgmeta run " + " ".join(run_args).replace(str(work), "<tmp>"),
         "dataset": args.dataset, "target": target, "steps": args.steps, "image_size": args.image_size, "cache": args.cache,
-        "list_entries_per_domain": args.entries if args.dataset != "pacs" else None,
+        "list_entries_per_domain": {"train": args.entries, "test": args.test_entries} if args.dataset != "pacs" else None,
         "peak_rss_gib": round(run.peak_rss_gib, 3),
         "data_wait_fraction": round(run.metrics.get("perf.data_wait_fraction", float("nan")), 4),
         "train_images_per_second": round(run.metrics.get("perf.images_per_second", float("nan")), 2),

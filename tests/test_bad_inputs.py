@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +20,9 @@ from mlflow.tracking import MlflowClient
 from dgmeta.cli.main import main
 from tests.fixtures_data import make_pacs
 from tests.helpers import make_folder_dataset
+from tests.test_resume import one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "bad_inputs.md"
@@ -29,7 +33,8 @@ TINY = ["--backbone", "test_resnet", "--weights", "none", "--image-size", "24", 
 @dataclass
 class Case:
     """One catalogue row. ``make(tmp, values)`` builds the fixture and returns the argv; it may add
-    placeholder values (run ids, ports) that the expected message uses as ``{name}``."""
+    placeholder values (run ids, ports) that the expected message uses as ``{name}``, and
+    environment variables for the command as ``values["env"]``."""
 
     row: str
     make: Callable[[Path, dict], list[str]]
@@ -67,7 +72,7 @@ def pacs_with_list_line(line: str) -> Callable[[Path, dict], list[str]]:
         make_pacs(tmp / "data", per_class=2)
         with open(tmp / "data" / "pacs_splits" / "photo_train_kfold.txt", "a") as handle:
             handle.write(line + "\n")
-        return ["run", "pacs", "--data-root", str(tmp / "data"), "--split", "official", "--target", "photo", *TINY[:-6], *store(tmp)]
+        return ["run", "pacs", "--data-root", str(tmp / "data"), "--split", "official", "--target", "photo", "--steps", "2", *store(tmp)]
 
     return make
 
@@ -137,6 +142,17 @@ def escaping_link(root: Path) -> None:
     (root / "d0" / "a" / "link.png").symlink_to(outside / "x.png")
 
 
+def junk_store(tmp: Path, values: dict) -> list[str]:
+    (tmp / "junk.db").write_bytes(b"junk" * 300)
+    return run_toy(tmp, "--tracking-uri", f"sqlite:///{tmp / 'junk.db'}")
+
+
+def home_below_a_file(tmp: Path, values: dict) -> list[str]:
+    (tmp / "home.txt").write_text("")
+    values["env"] = {"DGMETA_HOME": f"{tmp / 'home.txt'}/x"}
+    return run_toy(tmp)
+
+
 def make_empty(path: Path) -> None:
     path.mkdir(parents=True)
 
@@ -158,7 +174,7 @@ CASES = [
     Case("split list naming a missing file", pacs_with_list_line("photo/dog/missing.jpg 1"),
          "error: split list photo_train_kfold.txt names a missing file {tmp}/data/PACS/photo/dog/missing.jpg — restore the file (a complete PACS copy has all 9,991 images)"),
     Case("split list pointing outside the data root", pacs_with_list_line("../../etc/passwd 1"),
-         "error: {tmp}/data/pacs_splits/photo_train_kfold.txt:5: path '../../etc/passwd' points outside the dataset folder — split lists may only name files inside the dataset folder; fix or replace the list"),
+         "error: photo_train_kfold.txt line 4: path '../../etc/passwd' points outside the dataset folder — split lists may only name files inside the dataset folder; fix or replace the list"),
     Case("folder dataset with a symlink leading outside", broken_toy(escaping_link),
          "error: {tmp}/toy/d0/a: {tmp}/toy/d0/a/link.png resolves to {tmp}/outside/x.png, outside the dataset folder {tmp}/toy — replace the link with the real file or folder"),
     Case("undecodable image", broken_toy(undecodable),
@@ -171,7 +187,7 @@ CASES = [
     Case("unknown base learner", lambda t, v: run_toy(t, "--base", "dan"),
          "error: unknown --base 'dan' — did you mean 'dann'? choose one of: dann, erm, jigen, mcd"),
     Case("unknown meta mode", lambda t, v: run_toy(t, "--meta", "inits"),
-         "error: unknown --meta 'inits' — did you mean 'init'? choose one of: critic, init, init+critic, none"),
+         "error: unknown --meta 'inits' — choose one of: none, init, critic, init+critic"),
     Case("unknown protocol", lambda t, v: run_toy(t, "--protocol", "uda"),
          "error: unknown --protocol 'uda' — choose one of: dg, msda, ssda"),
     Case("protocol the learner cannot run", lambda t, v: run_toy(t, "--base", "mcd", "--protocol", "dg"),
@@ -195,7 +211,7 @@ CASES = [
     Case("--shots larger than a class", lambda t, v: run_toy(t, "--protocol", "ssda", "--shots", "9"),
          "error: --shots 9 is larger than class 0 of the target has train images (3) — use --shots 3 or fewer"),
     Case("hyperparameter that does not exist", lambda t, v: run_toy(t, "--set", "learning_rate=0.1"),
-         "error: unknown hyperparameter 'learning_rate' for erm+none — choose from: augment, dropout, grad_clip, head_lr_mult, lr, lr_schedule, momentum, warmup_steps, weight_decay"),
+         "error: unknown hyperparameter 'learning_rate' for this base/meta — known: augment, dropout, grad_clip, head_lr_mult, lr, lr_schedule, momentum, warmup_steps, weight_decay"),
     Case("hyperparameter value of the wrong type", lambda t, v: run_toy(t, "--set", "lr=fast"),
          "error: --set lr=fast: expected float — give a float value, e.g. lr=0.01"),
     Case("corrupt or truncated checkpoint", truncated_checkpoint,
@@ -206,7 +222,7 @@ CASES = [
          leaves_runs=True),
     Case("--weights file of a different architecture",
          lambda t, v: run_toy(t, "--weights", str(save_foreign_network(t / "effnet.pt", "test_efficientnet"))),
-         "error: {tmp}/effnet.pt does not fit test_resnet: 0 of 20 backbone tensors matched (e.g. conv1.weight missing) — use weights saved from the same --backbone architecture"),
+         "error: weights file {tmp}/effnet.pt does not fit backbone 'test_resnet' (75 missing, 90 unexpected tensors; first unexpected: 'featurizer.mean') — use weights saved for test_resnet, or pass the backbone they were saved for"),
     Case("--weights file that does not exist", lambda t, v: run_toy(t, "--weights", str(t / "nope.pt")),
          "error: weights file {tmp}/nope.pt does not exist — --weights takes imagenet, none or a path to an existing .pth/.pt/.bin/.safetensors file"),
     Case("--resume of an unknown run", lambda t, v: run_toy(t, "--resume", "0123456789abcdef"),
@@ -215,8 +231,7 @@ CASES = [
          "error: tracking store folder {tmp}/nope does not exist — create it or pass another --tracking-uri"),
     Case("tracking store that is a folder", lambda t, v: run_toy(t, "--tracking-uri", f"sqlite:///{t}"),
          "error: tracking store {tmp} is a folder, not a SQLite file — pass e.g. --tracking-uri sqlite:///{tmp}/mlruns.db"),
-    Case("unreadable tracking store (not a database)",
-         lambda t, v: ((t / "junk.db").write_bytes(b"junk" * 300), run_toy(t, "--tracking-uri", f"sqlite:///{t / 'junk.db'}"))[1],
+    Case("unreadable tracking store (not a database)", junk_store,
          "error: cannot open MLflow store sqlite:///{tmp}/junk.db (DatabaseError: (sqlite3.DatabaseError) file is not a database) — check --tracking-uri / MLFLOW_TRACKING_URI"),
     Case("unreachable tracking server", closed_port,
          "error: MLflow tracking server http://127.0.0.1:{port} is unreachable ([Errno 111] Connection refused) — start it (see mlflow/README.md) or pass another --tracking-uri"),
@@ -225,12 +240,12 @@ CASES = [
     Case("image cache folder that cannot be created", lambda t, v: run_toy(t, "--cache-dir", f"{t / 'toy' / 'd0' / 'a' / 'd0_a_001.png'}/cache"),
          "error: cannot create the image cache folder {tmp}/toy/d0/a/d0_a_001.png/cache/images: Not a directory — set DGMETA_CACHE or --cache-dir to a writable folder",
          leaves_runs=True),
-    Case("checkpoint folder that cannot be written (DGMETA_HOME)", lambda t, v: (os.environ.__setitem__("DGMETA_HOME", f"{t / 'home.txt'}/x"), (t / "home.txt").write_text(""), run_toy(t))[2],
+    Case("checkpoint folder that cannot be written (DGMETA_HOME)", home_below_a_file,
          "error: cannot write checkpoints to {tmp}/home.txt/x/runs: Not a directory — set DGMETA_HOME to a writable folder (checkpoints go to $DGMETA_HOME/runs)"),
     Case("malformed pipeline YAML", write_pipeline("dataset: [pacs\nbase: erm\n"),
-         "error: {tmp}/bad.yaml is not valid YAML (line 2, column 5): expected ',' or ']', but got ':' — fix the syntax; a pipeline is a mapping such as `dataset: pacs`"),
-    Case("pipeline YAML with an unknown key", write_pipeline("dataset: pacs\nlearning_rate: 0.1\n"),
-         "error: {tmp}/bad.yaml: unknown key 'learning_rate' — known keys: backbone, base, batch_size, dataset, description, eval_every, experiment, fewshot, hparams, image_size, meta, name, protocol, register, schedule, seeds, shots, split, stages, steps, targets, weights"),
+         "error: {tmp}/bad.yaml: malformed YAML at line 2 (expected ',' or ']', but got ':') — fix the YAML syntax (indentation, colons, quotes)"),
+    Case("pipeline YAML without a dataset", write_pipeline("base: erm\nsteps: 10\n"),
+         "error: {tmp}/bad.yaml: missing required key 'dataset' — add `dataset: ...` to the spec"),
 ]
 
 
@@ -239,8 +254,8 @@ def doc_rows() -> dict[str, tuple[str, int]]:
     rows = {}
     for line in DOC.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[2].startswith("`error:"):
-            rows[cells[0]] = (cells[2].strip("`").replace("\\|", "|"), int(cells[3]))
+        if len(cells) == 4 and cells[2].startswith("`` error:") and cells[2].endswith(" ``"):
+            rows[cells[0]] = (cells[2][3:-3], int(cells[3]))
     return rows
 
 
@@ -252,19 +267,21 @@ def test_the_doc_lists_every_case_with_the_same_message_and_code():
         assert rows[case.row] == (case.message, case.code), case.row
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.delenv("DGMETA_HOME", raising=False)  # a case sets it through os.environ
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables created: copying it saves each case the migrations."""
+    path = tmp_path_factory.mktemp("store") / "mlruns.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.row for c in CASES])
-def test_bad_input(case: Case, tmp_path, capsys):
+def test_bad_input(case: Case, tmp_path, capsys, monkeypatch, empty_store):
+    shutil.copy(empty_store, tmp_path / "mlruns.db")
     values: dict = {}
     argv = case.make(tmp_path, values)
+    for name, value in values.pop("env", {}).items():
+        monkeypatch.setenv(name, value)
     capsys.readouterr()  # a fixture's own output (a failed run made on purpose) is not under test
     runs_before = count_runs(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
@@ -285,37 +302,68 @@ def is_mlflow_log(line: str) -> bool:
 
 
 def count_runs(tmp: Path) -> int:
-    db = tmp / "mlruns.db"
-    if not db.is_file():
-        return 0
-    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}")
     return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
 
 
-# -- a read-only store needs a user the permissions apply to (root writes anywhere) ---------------
-@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX permissions")
-def test_read_only_tracking_folder(tmp_path):
-    import tempfile
+# -- a read-only store: root may write anywhere, so for root the folder is a read-only mount -------
+def read_only(folder: Path) -> list[str]:
+    """Make ``folder`` read-only for the command; returns the prefix that runs the command so."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return []
+    # root: a read-only tmpfs over the folder, in a private mount namespace that ends with the command
+    mount = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o ro none "$0" && exec "$@"', str(folder)]
+    if shutil.which("unshare") is None or subprocess.run([*mount, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root without a way to mount a read-only folder")
+    return mount
 
-    base = Path(tempfile.mkdtemp(prefix="dgmeta-ro-"))  # outside pytest's private (0700) tmp dir
-    try:
-        dataset = make_folder_dataset(base / "toy", per_class=4)
-        readonly = base / "store"
-        readonly.mkdir()
-        for folder in (base, dataset, *dataset.rglob("*")):
-            folder.chmod(0o755 if folder.is_dir() else 0o644)
-        readonly.chmod(0o555)
-        as_other_user = os.geteuid() == 0
-        result = subprocess.run(
-            [sys.executable, "-m", "dgmeta", "run", f"folder:{dataset}", "--target", "d2", *TINY,
-             "--tracking-uri", f"sqlite:///{readonly / 'mlruns.db'}", "--cache-dir", str(base / "cache")],
-            env={**os.environ, "HOME": str(base)}, cwd=base, capture_output=True, text=True, timeout=120,
-            user=65534 if as_other_user else None,  # root ignores permissions: run as nobody
-        )
-        base.chmod(0o777)
-        assert result.returncode == 2, result.stderr
-        assert result.stderr.strip().splitlines() == [
-            f"error: tracking store {readonly / 'mlruns.db'} is not writable — fix its permissions or pass another --tracking-uri"
-        ]
-    finally:
-        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+def test_read_only_tracking_folder(tmp_path):
+    dataset = make_folder_dataset(tmp_path / "toy", per_class=4)
+    folder = tmp_path / "store"
+    folder.mkdir()
+    prefix = read_only(folder)
+    result = subprocess.run(
+        [*prefix, sys.executable, "-m", "dgmeta", "run", f"folder:{dataset}", "--target", "d2", *TINY,
+         "--tracking-uri", f"sqlite:///{folder / 'mlruns.db'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    folder.chmod(0o755)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: tracking store {folder / 'mlruns.db'} is not writable — fix its permissions or pass another --tracking-uri"
+    ]
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["run", "pacs", "--bogus"], "Error: No such option: --bogus"),
+    (["run", "pacs", "--steps", "abc"], "Error: Invalid value for '--steps'"),
+])
+def test_command_line_syntax_errors_are_click_messages_not_tracebacks(argv, error, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(error)
+
+
+def test_environment_failures_escaping_from_libraries_become_one_line_errors():
+    from mlflow.exceptions import MlflowException
+
+    from dgmeta.cli.run_cmd import environment_errors
+    from dgmeta.errors import DgmetaError, TrackingError
+
+    with pytest.raises(TrackingError) as tracking:
+        with environment_errors():
+            raise MlflowException("attempt to write a readonly database\nsecond line")
+    assert tracking.value.one_line() == (
+        "MLflow tracking store failed (MlflowException: attempt to write a readonly database) — "
+        "check --tracking-uri / MLFLOW_TRACKING_URI and that the store is writable"
+    )
+    with pytest.raises(DgmetaError, match=r"^Permission denied: /data/x — fix the folder's permissions"):
+        with environment_errors():
+            raise PermissionError(13, "Permission denied", "/data/x")
+    with pytest.raises(ValueError):  # a bug keeps its traceback
+        with environment_errors():
+            raise ValueError("bug")

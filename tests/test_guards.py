@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -19,22 +18,14 @@ from dgmeta.hparams import default_hparams
 from dgmeta.learners import LearnerContext, create_learner
 from dgmeta.models import create_network
 from dgmeta.training.checkpointing import RunFolder
-from dgmeta.training.data import DomainArrays, JobData
 from dgmeta.training.stepper import StageStepper
 from dgmeta.training.trainer import BatchSource, Trainer
 from tests.helpers import make_folder_dataset
-from tests.test_resume import subprocess_env
+from tests.test_resume import one_thread, subprocess_env, tiny_job_data  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--backbone", "test_resnet", "--weights", "none", "--image-size", "24", "--batch-size", "8", "--split", "random", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared machine does not oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -90,15 +81,6 @@ class PoisoningStepper(StageStepper):
                 param = next(self.learner.parameters())
                 param[(0,) * param.dim()] = float("inf")
         return logs
-
-
-def tiny_job_data() -> JobData:
-    rng = np.random.default_rng(0)
-
-    def arrays(n: int) -> DomainArrays:
-        return DomainArrays(rng.integers(0, 255, (n, 3, 24, 24), dtype=np.uint8), rng.integers(0, 2, n).astype(np.int64))
-
-    return JobData(["d0", "d1"], "d2", [arrays(8), arrays(8)], [arrays(4), arrays(4)], arrays(6))
 
 
 def test_non_finite_weights_are_never_checkpointed():

@@ -3,6 +3,7 @@ run ends (same test_acc, same saved parameters); plus the checkpoint file's own 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,15 +11,31 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from dgmeta.errors import WeightsError
+from dgmeta.hparams import apply_overrides, default_hparams
+from dgmeta.learners import LearnerContext, create_learner
+from dgmeta.models import create_network
+from dgmeta.training.data import DomainArrays, JobData
+from dgmeta.training.experiment import make_stepper, seed_everything
+from dgmeta.training.trainer import BatchSource, Trainer
 from dgmeta.training.checkpointing import JobCheckpoint, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from tests.helpers import make_folder_dataset
 
 STEPS = 30
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared machine is not oversubscribed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_command(dataset: Path, store: Path, *extra: str) -> list[str]:
@@ -107,6 +124,12 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert new_child.data.metrics["test_acc"] == ref_child.data.metrics["test_acc"]
     assert new_child.data.metrics["selected_step"] == ref_child.data.metrics["selected_step"]
 
+    # the evaluations before the kill came back from the checkpoint's history: all equal the reference's
+    ref_results = json.loads(Path(client_a.download_artifacts(ref_child.info.run_id, "results.json", str(tmp_path))).read_text())
+    new_results = json.loads(Path(client_b.download_artifacts(new_child.info.run_id, "results.json", str(tmp_path / "b"))).read_text())
+    assert [c["step"] for c in new_results["checkpoints"]] == [10, 20, 30]
+    assert new_results["checkpoints"] == ref_results["checkpoints"]
+
     ref_state = saved_network(client_a, ref_child.info.run_id, tmp_path / "dl_a")
     new_state = saved_network(client_b, new_child.info.run_id, tmp_path / "dl_b")
     assert ref_state.keys() == new_state.keys()
@@ -119,6 +142,52 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert set(new_losses) == set(range(1, STEPS + 1))
     assert new_losses == pytest.approx(ref_losses, abs=1e-6)
     assert not checkpoint.exists(), "a finished job deletes its checkpoint"
+
+
+# -- in process: every learner and meta stepper continues exactly ----------------------------------
+def tiny_job_data() -> JobData:
+    """Two sources, a target with unlabelled images (msda): random 24 px images, labels 0/1."""
+    rng = np.random.default_rng(0)
+
+    def arrays(n: int) -> DomainArrays:
+        return DomainArrays(rng.integers(0, 255, (n, 3, 24, 24), dtype=np.uint8), rng.integers(0, 2, n).astype(np.int64))
+
+    data = JobData(["d0", "d1"], "d2", [arrays(8), arrays(8)], [arrays(4), arrays(4)], arrays(6))
+    data.target_unlabelled = arrays(8)
+    return data
+
+
+def make_trainer(base: str, meta: str, protocol: str, steps: int, **options) -> Trainer:
+    seed_everything(0, deterministic=True)
+    data = tiny_job_data()
+    hparams = apply_overrides(default_hparams(base, meta), {"dropout": 0.2})  # dropout: the global torch RNG matters
+    network = create_network("test_resnet", 2, "none", dropout=0.2)
+    learner = create_learner(base, network, LearnerContext(2, 2, protocol, steps), hparams)
+    stepper = make_stepper(meta, learner, hparams, steps, 2, 0)
+    return Trainer(learner, stepper, data, BatchSource(data, 4, 0, augment=True), steps, eval_every=3, progress=False, **options)
+
+
+@pytest.mark.parametrize("base, meta, protocol", [("dann", "init+critic", "msda"), ("jigen", "critic", "dg"), ("mcd", "init", "msda")])
+def test_resuming_from_a_checkpoint_file_continues_exactly(base, meta, protocol, tmp_path, one_thread):
+    steps = 6
+    straight = make_trainer(base, meta, protocol, steps)
+    straight.fit()
+
+    job = JobCheckpoint(tmp_path, {"backbone": "test_resnet"})
+    first = make_trainer(base, meta, protocol, steps, checkpoint_every=4, on_checkpoint=lambda step, state: step == 4 and job.save(step, state))
+    first.fit()
+    resumed = make_trainer(base, meta, protocol, steps)
+    torch.manual_seed(123), np.random.seed(123)  # whatever the process did before, the checkpoint decides
+    resumed.load_state_dict(job.load()["state"])
+    assert resumed.start_step == 4
+    resumed.fit()
+
+    for (name, expected), actual in zip(straight.learner.state_dict().items(), resumed.learner.state_dict().values()):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6, msg=f"{name} differs")
+    assert [(c.step, c.val, c.test) for c in resumed.history.checkpoints] == [(c.step, c.val, c.test) for c in straight.history.checkpoints]
+    assert resumed.losses.keys() == straight.losses.keys()
+    for name, values in straight.losses.items():  # every loss term of every step, before and after the resume
+        np.testing.assert_allclose(np.array(resumed.losses[name]), np.array(values), rtol=0, atol=1e-6, err_msg=name)
 
 
 # -- the file --------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -15,7 +14,9 @@ from mlflow.tracking import MlflowClient
 from dgmeta.cli.main import main
 from dgmeta.training.signals import RunInterrupted, StopRequests, stop_signals
 from tests.helpers import make_folder_dataset
-from tests.test_resume import checkpoint_step, subprocess_env, wait_for_checkpoint
+from tests.test_resume import checkpoint_step, one_thread, subprocess_env, wait_for_checkpoint  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--backbone", "test_resnet", "--weights", "none", "--image-size", "24", "--batch-size", "8", "--split", "random", "--quiet"]
 
@@ -81,6 +82,7 @@ def test_sigterm_checkpoints_marks_killed_and_exits_143(tmp_path):
     assert {m.step for m in client.get_metric_history(child.info.run_id, "train.loss")} == set(range(1, step + 1))
 
 
+@pytest.mark.slow
 def test_sigint_then_resume_auto_skips_finished_jobs(tmp_path, capsys):
     dataset = make_folder_dataset(tmp_path / "toy", per_class=8)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"

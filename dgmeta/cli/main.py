@@ -53,15 +53,27 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        if isinstance(exc, _click_types("ClickException")):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, _click_types("Abort")):
             print("error: aborted", file=sys.stderr)
             sys.exit(1)
         raise
+
+
+def _click_types(name: str) -> tuple[type, ...]:
+    """``click.exceptions.<name>`` and typer's vendored copy (typer >= 0.20 ships its own click)."""
+    import click
+
+    types = [getattr(click.exceptions, name)]
+    try:
+        from typer._click import exceptions as vendored
+
+        types.append(getattr(vendored, name))
+    except (ImportError, AttributeError):
+        pass
+    return tuple(types)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,10 @@ def print_results(result) -> None:
     console.print(f"MLflow parent run: {result.parent_run_id}")
 
 
+#: OSErrors that are the environment's fault (permissions, read-only or full disks), not a bug
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 @contextmanager
 def environment_errors() -> Iterator[None]:
     """Turn failures of the environment (tracking store, file permissions, full disk) that escape as
@@ -160,9 +164,6 @@ def environment_errors() -> Iterator[None]:
             raise
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise TrackingError(f"MLflow tracking store failed ({type(exc).__name__}: {first_line})", "check --tracking-uri / MLFLOW_TRACKING_URI and that the store is writable") from None
-
-
-ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 def _is_tracking_error(exc: Exception) -> bool:

@@ -67,16 +67,20 @@ def _check_server(uri: str) -> None:
 @contextmanager
 def _store_setup_lock(uri: str) -> Iterator[None]:
     """Serialise opening a SQLite store across processes: two runs starting at once would both
-    create its tables (alembic migrations) and the experiment, and one of them would fail."""
+    create its tables (alembic migrations) and the experiment, and one of them would fail.
+    The lock is on the store's folder itself, so no lock file is left beside the store."""
     if not uri.startswith("sqlite:///"):
         yield
         return
     import fcntl
 
-    lock_path = Path(uri[len("sqlite:///") :] + ".lock")
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+    folder = Path(uri[len("sqlite:///") :]).parent
+    descriptor = os.open(folder if str(folder) else ".", os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # released when the descriptor is closed
         yield
+    finally:
+        os.close(descriptor)
 
 
 def artifact_root_for(uri: str) -> str | None:

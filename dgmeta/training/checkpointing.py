@@ -45,10 +45,6 @@ def runs_root(tracking_uri: str) -> Path:
     return Path("runs").absolute()
 
 
-def job_dir(root: Path, config_hash: str, parent_run_id: str, target: str, seed: int) -> Path:
-    return root / config_hash / parent_run_id / f"{target}-s{seed}"
-
-
 def ensure_writable_folder(folder: Path) -> Path:
     """Create ``folder`` (checked before any MLflow run exists, so a bad root leaves no run behind)."""
     try:
@@ -205,7 +201,7 @@ class RunFolder:
             return  # a job kept its checkpoint (failed or killed): keep everything
         (self.path / "lock").unlink(missing_ok=True)
         folder = self.path
-        for _ in range(2):  # <parent run id>/, <config hash>/
+        for _ in range(3):  # <parent run id>/, <config hash>/, the runs root
             try:
                 folder.rmdir()
             except OSError:

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 
 from dgmeta.evaluation.accuracy import accuracy, precision_context, predict_array, to_float_images
