@@ -162,6 +162,7 @@ def main() -> None:
         "command": "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "backbone": args.backbone, "weights": "none", "image_size": s, "batch": n, "rounds": args.rounds,
         "steps_per_round": args.steps_per_round, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp spins)"),
         "load_average_before": load_before, "load_average_after": load_average(),
         "throughput_vs_bare_median": {k: round(float(np.median(v)), 3) for k, v in ratios.items()},
         "throughput_vs_bare_quartiles": {k: [round(float(q), 3) for q in np.percentile(v, [25, 75])] for k, v in ratios.items()},

@@ -2,6 +2,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+import dgmeta  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads OpenMP)
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

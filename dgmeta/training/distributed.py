@@ -17,10 +17,10 @@ What each process (rank) does, and why the ranks stay identical:
   of each stage's parameters right before clipping and the optimizer step, i.e. after
   ``add_gradients`` has added any meta-gradient. Optimizers the stepper does not step itself
   (Feature-Critic's Adam, MetaDA's offline meta-optimizer) get a step pre-hook that does the same.
-  For ERM/DANN/MCD/JiGen with per-sample-normalised backbones the update equals the single-process
-  update on the global batch; batch norm normalises with per-rank statistics (as
-  ``DistributedDataParallel`` does), and a meta-gradient is the mean of per-rank episode
-  meta-gradients, so those match only approximately.
+  For ERM/DANN/MCD with a per-sample-normalised backbone and no dropout the update equals the
+  single-process update on the global batch; batch norm normalises with per-rank statistics (as
+  ``DistributedDataParallel`` does), JiGen's jigsaw draws are per rank, and a meta-gradient is
+  the mean of per-rank episode meta-gradients, so those match in distribution only.
 * **evaluation** is sharded: each rank predicts every ``world_size``-th image (after averaging
   batch-norm running statistics) and the correct counts are summed, so all ranks select the same
   checkpoint. Only rank 0 logs to MLflow, shows progress and writes artifacts
@@ -48,7 +48,8 @@ from dgmeta.data.batches import InfiniteBatches
 from dgmeta.data.streaming import row_subset, with_readahead
 from dgmeta.errors import ConfigError
 
-_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: what torchrun (torch.distributed.run) sets in every worker's environment
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ SINGLE = DistContext()
 
 
 def launched_by_torchrun() -> bool:
-    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    return all(name in os.environ for name in _TORCHRUN_VARIABLES)
 
 
 def default_backend() -> str:
@@ -357,8 +358,11 @@ def relaunch(nproc: int, argv: Sequence[str] | None = None) -> int:
             "run `dgmeta run ... --nproc N`, or launch with `torchrun --nproc_per_node N -m dgmeta run ...`",
         )
     env = dict(os.environ)
-    # each rank gets an equal share of the cores instead of all of them
+    # each rank gets an equal share of the cores instead of all of them, and idle OpenMP threads
+    # sleep instead of spinning: spinning threads of several ranks on shared cores slowed
+    # meta-learning steps 10-40x in benchmarks/README.md
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return subprocess.call(launch_command(nproc, forwarded), env=env)
 
 
