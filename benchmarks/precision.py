@@ -35,26 +35,27 @@ def main() -> None:
     parser.add_argument("--base", default="erm")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="dgmeta-precision-"))
     results = {}
-    for precision in ("fp32", "bf16"):
-        run_args = [
-            "pacs", "--data-root", args.data_root, "--base", args.base, "--target", args.target, "--steps", str(args.steps),
-            "--eval-every", str(max(1, args.steps // 3)), "--image-size", str(args.image_size), "--seed", str(args.seed),
-            "--precision", precision, "--quiet",
-        ]
-        load_before = load_average()
-        run = run_dgmeta(run_args, work)
-        results[precision] = {
-            "run_command": "dgmeta run " + " ".join(run_args),
-            "test_acc": round(run.metrics["test_acc"], 4),
-            "val_acc": round(run.metrics["val_acc"], 4),
-            "selected_step": int(run.metrics["selected_step"]),
-            "train_images_per_second": round(run.metrics["perf.images_per_second"], 2),
-            "peak_rss_gib": round(run.peak_rss_gib, 3),
-            "wall_seconds": round(run.wall_seconds, 1),
-            "load_average_before": load_before, "load_average_after": load_average(),
-        }
+    with tempfile.TemporaryDirectory(prefix="dgmeta-precision-") as tmp:  # the MLflow stores
+        work = Path(tmp)
+        for precision in ("fp32", "bf16"):
+            run_args = [
+                "pacs", "--data-root", args.data_root, "--base", args.base, "--target", args.target, "--steps", str(args.steps),
+                "--eval-every", str(max(1, args.steps // 3)), "--image-size", str(args.image_size), "--seed", str(args.seed),
+                "--precision", precision, "--quiet",
+            ]
+            load_before = load_average()
+            run = run_dgmeta(run_args, work)
+            results[precision] = {
+                "run_command": "dgmeta run " + " ".join(run_args),
+                "test_acc": round(run.metrics["test_acc"], 4),
+                "val_acc": round(run.metrics["val_acc"], 4),
+                "selected_step": int(run.metrics["selected_step"]),
+                "train_images_per_second": round(run.metrics["perf.images_per_second"], 2),
+                "peak_rss_gib": round(run.peak_rss_gib, 3),
+                "wall_seconds": round(run.wall_seconds, 1),
+                "load_average_before": load_before, "load_average_after": load_average(),
+            }
     fp32, bf16 = results["fp32"], results["bf16"]
     report = {
         "command": "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),

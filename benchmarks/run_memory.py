@@ -1,7 +1,8 @@
 """Peak RSS and data-wait share of a real `dgmeta run`, measured from outside the run.
 
 The run is a child process (``python -m dgmeta run ...``); its peak resident set size comes from
-``os.wait4`` once it exits, and the data-wait share (``perf.data_wait_fraction``: seconds drawing
+``os.wait4`` once it exits (and, sampled from /proc every 0.1 s, how much of it is anonymous
+memory versus pages of memory-mapped files), and the data-wait share (``perf.data_wait_fraction``: seconds drawing
 and augmenting batches / seconds of the training loop), images/s and test accuracy from its
 MLflow run. RSS counts resident pages of the memory-mapped image cache too (file-backed and
 reclaimable by the OS, but they are in the number).
@@ -43,33 +44,37 @@ def main() -> None:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `dgmeta run` options")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="dgmeta-run-memory-"))
-    if args.dataset == "pacs":
-        dataset, data_root, target = "pacs", args.data_root, args.target or "art_painting"
-    else:
-        from domainnet_layout import make_domainnet_layout
+    with tempfile.TemporaryDirectory(prefix="dgmeta-run-memory-") as tmp:  # data, caches, MLflow store
+        work = Path(tmp)
+        if args.dataset == "pacs":
+            dataset, data_root, target = "pacs", args.data_root, args.target or "art_painting"
+        else:
+            from domainnet_layout import make_domainnet_layout
 
-        data_root = str(make_domainnet_layout(work / "data", args.entries, test_entries=args.test_entries))
-        dataset, target = "domainnet", args.target or "sketch"
-    run_args = [
-        dataset, "--data-root", data_root, "--target", target, "--steps", str(args.steps), "--eval-every", str(args.steps),
-        "--image-size", str(args.image_size), "--cache", args.cache, "--quiet", *args.extra,
-    ]
-    load_before = load_average()
-    run = run_dgmeta(run_args, work, env={"DGMETA_CACHE": str(work / "cache")})
+            data_root = str(make_domainnet_layout(work / "data", args.entries, test_entries=args.test_entries))
+            dataset, target = "domainnet", args.target or "sketch"
+        run_args = [
+            dataset, "--data-root", data_root, "--target", target, "--steps", str(args.steps), "--eval-every", str(args.steps),
+            "--image-size", str(args.image_size), "--cache", args.cache, "--quiet", *args.extra,
+        ]
+        load_before = load_average()
+        run = run_dgmeta(run_args, work, env={"DGMETA_CACHE": str(work / "cache")})
     report = {
         "command": "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "run_command": "dgmeta run " + " ".join(run_args).replace(str(work), "<tmp>"),
         "dataset": args.dataset, "target": target, "steps": args.steps, "image_size": args.image_size, "cache": args.cache,
         "list_entries_per_domain": {"train": args.entries, "test": args.test_entries} if args.dataset != "pacs" else None,
         "peak_rss_gib": round(run.peak_rss_gib, 3),
+        "peak_rss_anon_gib (heap and tensors)": round(run.peak_rss_anon_gib, 3),
+        "peak_rss_file_gib (memory-mapped image cache, libraries; reclaimable)": round(run.peak_rss_file_gib, 3),
         "data_wait_fraction": round(run.metrics.get("perf.data_wait_fraction", float("nan")), 4),
         "train_images_per_second": round(run.metrics.get("perf.images_per_second", float("nan")), 2),
         "test_acc": round(run.metrics.get("test_acc", float("nan")), 4),
         "wall_seconds": round(run.wall_seconds, 1),
         "load_average_before": load_before, "load_average_after": load_average(), "cpus": os.cpu_count(),
     }
-    path = HERE / "results" / f"run_memory_{args.dataset}.json"
+    suffix = "" if args.cache == "auto" else f"_{args.cache}"
+    path = HERE / "results" / f"run_memory_{args.dataset}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -27,9 +27,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# dgmeta before torch: it sets OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise, and
+# OpenMP reads it once, when torch loads it -- so this measures what `dgmeta run` gets
+# (OMP_WAIT_POLICY=ACTIVE python benchmarks/step_throughput.py measures spinning threads instead)
+import dgmeta  # noqa: E402,F401
+
+OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: name -> (base, meta, hparam overrides, variant)
@@ -162,7 +169,7 @@ def main() -> None:
         "command": "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "backbone": args.backbone, "weights": "none", "image_size": s, "batch": n, "rounds": args.rounds,
         "steps_per_round": args.steps_per_round, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp spins)"),
+        "OMP_WAIT_POLICY": OMP_WAIT_POLICY,
         "load_average_before": load_before, "load_average_after": load_average(),
         "throughput_vs_bare_median": {k: round(float(np.median(v)), 3) for k, v in ratios.items()},
         "throughput_vs_bare_quartiles": {k: [round(float(q), 3) for q in np.percentile(v, [25, 75])] for k, v in ratios.items()},

@@ -245,12 +245,9 @@ def test_dgmeta_run_nproc_2_end_to_end(tmp_path):
     assert json.loads(results.read_text())["target"] == "d2"
 
 
-def test_gradient_averager_keeps_none_when_no_rank_has_a_gradient():
+def test_gradient_averager_keeps_none_when_no_rank_has_a_gradient(tmp_path):
     # world of one over gloo in-process: the presence flags decide None vs zero
-    import tempfile
-
-    init = Path(tempfile.mkdtemp()) / "init"
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init}", rank=0, world_size=1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
     try:
         a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
         a.grad = torch.full((3,), 4.0)

@@ -359,8 +359,8 @@ def relaunch(nproc: int, argv: Sequence[str] | None = None) -> int:
         )
     env = dict(os.environ)
     # each rank gets an equal share of the cores instead of all of them, and idle OpenMP threads
-    # sleep instead of spinning: spinning threads of several ranks on shared cores slowed
-    # meta-learning steps 10-40x in benchmarks/README.md
+    # sleep instead of spinning: spinning threads on shared cores slowed meta-learning steps
+    # up to 13x (benchmarks/README.md)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return subprocess.call(launch_command(nproc, forwarded), env=env)
