@@ -68,12 +68,15 @@ def main() -> None:
             rows.append({"base": base, "meta": meta, "protocol": protocol, "target": run.target, "seed": run.seed,
                          "test_acc": run.test_acc, "seconds": seconds / len(result.runs), "run_id": run.run_id})
         print(f"{spec}: mean test_acc {result.mean_test_acc() * 100:.2f} in {seconds:.0f}s", flush=True)
+        # written after every configuration: a grid stopped halfway keeps what it measured
+        write_results(Path(args.out), rows, targets, args)
+    print(Path(args.out).read_text())
 
-    out = Path(args.out)
+
+def write_results(out: Path, rows, targets, args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     out.write_text(render(rows, targets, args))
-    print(out.read_text())
 
 
 def render(rows, targets, args) -> str:

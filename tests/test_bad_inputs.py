@@ -351,7 +351,7 @@ def test_command_line_syntax_errors_are_click_messages_not_tracebacks(argv, erro
 def test_environment_failures_escaping_from_libraries_become_one_line_errors():
     from mlflow.exceptions import MlflowException
 
-    from dgmeta.cli.run_cmd import environment_errors
+    from dgmeta.cli.environment import environment_errors
     from dgmeta.errors import DgmetaError, TrackingError
 
     with pytest.raises(TrackingError) as tracking:

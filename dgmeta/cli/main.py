@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from dgmeta.cli.environment import environment_errors
 from dgmeta.errors import DgmetaError
 
 app = typer.Typer(
@@ -43,7 +44,8 @@ for _module in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     try:
-        app(args=argv, standalone_mode=False)
+        with environment_errors():
+            app(args=argv, standalone_mode=False)
     except DgmetaError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         sys.exit(exc.exit_code)

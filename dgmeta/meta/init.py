@@ -131,11 +131,14 @@ class MetaInitStepper(EpisodicStepper):
         self.learner.train()
         result = self.init_term.meta_gradient(self.learner, self.next_episode(batch), progress=0.0)
         self.meta_optimizer.zero_grad(set_to_none=True)
-        for name, param in trainable_params(self.learner).items():
+        params = trainable_params(self.learner)
+        for name, param in params.items():
             param.grad = result.grads[name]
+        # averaged over data-parallel ranks before clipping, as in the base step
+        self.sync_gradients(list(params.values()))
         clip = float(self.hparams.get("grad_clip", 0.0))
         if clip > 0:
-            torch.nn.utils.clip_grad_norm_(list(trainable_params(self.learner).values()), clip)
+            torch.nn.utils.clip_grad_norm_(list(params.values()), clip)
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
         self.meta_steps_done += 1
