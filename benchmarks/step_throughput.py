@@ -5,8 +5,9 @@ timm forward/backward/SGD step on ``--batch`` labelled images and right after it
 of that configuration; the ratio of the pair (bare seconds / dgmeta seconds = dgmeta's images/s
 relative to bare) is one sample, so both sides of a ratio share the machine's load of that moment.
 Reported: the median ratio over rounds and its quartiles. DANN and MCD (msda) also see
-``batch / 3`` unlabelled target images per step; the meta modes wrap ERM. ``erm+data`` adds
-drawing and augmenting the batch from uint8 arrays, as a run does; ``erm@bf16`` runs under CPU
+``batch / 3`` unlabelled target images per step; DANN, which forwards them in the same pass, is
+also paired with a bare step on all ``batch + batch / 3`` images (``..._same_images``). The meta
+modes wrap ERM. ``erm+data`` adds drawing and augmenting the batch from uint8 arrays, as a run does; ``erm@bf16`` runs under CPU
 bf16 autocast; ``erm@compile`` (only when asked for: compiling keeps worker processes busy for
 minutes) compiles the featurizer with ``torch.compile``, compile time excluded (warm-up).
 
@@ -52,6 +53,9 @@ CONFIGS = {
     "erm@bf16": ("erm", "none", {}, "bf16"),
     "erm@compile": ("erm", "none", {}, "compile"),
 }
+#: DA steps that forward the unlabelled target images too, in one pass with the labelled batch
+#: (DANN): also compared with a bare step on all those images ("same images")
+SAME_IMAGES = {"dann"}
 #: compilation leaves worker processes busy for minutes, which would disturb the other timings
 DEFAULT_CONFIGS = [name for name in CONFIGS if name != "erm@compile"]
 
@@ -95,16 +99,22 @@ def build_step(name: str, args, batch, sources_uint8):
     return step
 
 
-def build_bare(args, batch):
+def build_bare(args, batch, with_target: bool = False):
+    """A bare timm step on the labelled images, or (``with_target``) on every image a DA step
+    forwards: the labelled batch plus the unlabelled target images, as one batch."""
     import timm
 
     model = timm.create_model(args.backbone, num_classes=args.classes).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, nesterov=True)
-    x = batch.x.contiguous(memory_format=torch.channels_last)
+    x, y = batch.x, batch.y
+    if with_target:
+        x = torch.cat([x, batch.target_x])
+        y = torch.cat([y, torch.randint(0, args.classes, (len(batch.target_x),))])
+    x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), batch.y).backward()
+        F.cross_entropy(model(x), y).backward()
         opt.step()
 
     return step
@@ -141,6 +151,8 @@ def main() -> None:
 
     load_before = load_average()
     steps = {"bare timm": build_bare(args, batch)}
+    if any(name in SAME_IMAGES for name in names):
+        steps["bare timm +target"] = build_bare(args, batch, with_target=True)
     steps.update({name: build_step(name, args, batch, sources) for name in names})
     warmup_seconds = {}
     for name, fn in steps.items():  # warm-up (and torch.compile's compilation)
@@ -151,19 +163,23 @@ def main() -> None:
     # share the machine's load of that moment; the ratio of each pair is one sample
     timings: dict[str, list[float]] = {name: [] for name in steps}
     ratios: dict[str, list[float]] = {name: [] for name in names}
+    same_images: dict[str, list[float]] = {name: [] for name in names if name in SAME_IMAGES}
     rng = random.Random(0)
     for _ in range(args.rounds):
         order = list(names)
         rng.shuffle(order)
         for name in order:
             pair = []
-            for which in ("bare timm", name):
+            sequence = ("bare timm", name) + (("bare timm +target",) if name in SAME_IMAGES else ())
+            for which in sequence:
                 t0 = time.perf_counter()
                 for _ in range(args.steps_per_round):
                     steps[which]()
                 pair.append((time.perf_counter() - t0) / args.steps_per_round)
                 timings[which].append(pair[-1])
             ratios[name].append(pair[0] / pair[1])
+            if name in SAME_IMAGES:
+                same_images[name].append(pair[2] / pair[1])
     seconds = {name: float(np.median(values)) for name, values in timings.items()}
     report = {
         "command": "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
@@ -173,6 +189,8 @@ def main() -> None:
         "load_average_before": load_before, "load_average_after": load_average(),
         "throughput_vs_bare_median": {k: round(float(np.median(v)), 3) for k, v in ratios.items()},
         "throughput_vs_bare_quartiles": {k: [round(float(q), 3) for q in np.percentile(v, [25, 75])] for k, v in ratios.items()},
+        "throughput_vs_bare_same_images_median": {k: round(float(np.median(v)), 3) for k, v in same_images.items()},
+        "throughput_vs_bare_same_images_quartiles": {k: [round(float(q), 3) for q in np.percentile(v, [25, 75])] for k, v in same_images.items()},
         "seconds_per_step_median": {k: round(v, 3) for k, v in seconds.items()},
         "labelled_images_per_second_median": {k: round(n / v, 2) for k, v in seconds.items()},
         "seconds_per_step_all": {k: [round(t, 3) for t in v] for k, v in timings.items()},
