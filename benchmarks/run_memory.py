@@ -13,7 +13,10 @@ reclaimable by the OS, but they are in the number).
     # lists over 50k images stream (train: 180k), the rest (val: 20k, test) use the disk cache
     python benchmarks/run_memory.py domainnet-layout --entries 200000 --image-size 64 --steps 20
 
-Writes benchmarks/results/run_memory_<dataset>.json and prints it.
+    # a meta mode (peak memory of MetaDA / Feature-Critic steps)
+    python benchmarks/run_memory.py pacs --steps 6 --out benchmarks/results/run_memory_pacs_init.json --extra --meta init
+
+Writes benchmarks/results/run_memory_<dataset>.json (or --out) and prints it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=200_000, help="domainnet-layout: train-list entries per domain")
     parser.add_argument("--test-entries", type=int, default=5_000, help="domainnet-layout: test-list entries per domain")
     parser.add_argument("--cache", default="auto", help="auto | disk | stream")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/run_memory_<dataset>[_<cache>].json")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `dgmeta run` options")
     args = parser.parse_args()
 
@@ -74,7 +78,7 @@ def main() -> None:
         "load_average_before": load_before, "load_average_after": load_average(), "cpus": os.cpu_count(),
     }
     suffix = "" if args.cache == "auto" else f"_{args.cache}"
-    path = HERE / "results" / f"run_memory_{args.dataset}{suffix}.json"
+    path = args.out or HERE / "results" / f"run_memory_{args.dataset}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
