@@ -6,6 +6,12 @@ there are several), the paired difference of each meta mode against `--meta none
 
     python benchmarks/pacs_grid.py --runs erm:none:dg,dann:none:msda --targets art_painting,cartoon,photo,sketch \
         --seeds 0 --steps 150 --image-size 96 --out benchmarks/results/learners.md
+
+An ablation of a meta mode can reuse the `--meta none` runs of an earlier grid (same budget, targets and
+seeds) as its paired reference instead of re-running them:
+
+    python benchmarks/pacs_grid.py --runs dann:init:msda --set meta_batch_fraction=1.0 \
+        --baseline benchmarks/results/meta_dann_96px.json ... --out benchmarks/results/meta_dann_96px_fraction1.md
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ def main() -> None:
     parser.add_argument("--experiment", default="benchmarks-grid")
     parser.add_argument("--set", action="append", default=[], help="hyperparameter override key=value")
     parser.add_argument("--out", default=str(HERE / "results" / "grid.md"))
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="an earlier grid's JSON whose meta=none rows serve as the paired reference")
     args = parser.parse_args()
 
     from dgmeta.config import RunConfig
@@ -52,7 +60,7 @@ def main() -> None:
     targets = args.targets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = dict(item.split("=", 1) for item in args.set)
-    rows = []
+    rows = baseline_rows(args.baseline, args) if args.baseline else []
     for spec in args.runs.split(","):
         base, meta, protocol = spec.split(":")
         config = RunConfig(
@@ -73,6 +81,16 @@ def main() -> None:
     print(Path(args.out).read_text())
 
 
+def baseline_rows(path: Path, args) -> list[dict]:
+    """The meta=none rows of an earlier grid, refused unless it ran the same budget."""
+    earlier = json.loads(path.read_text())
+    same = ("steps", "image_size", "batch_size", "eval_every", "backbone")
+    differ = [key for key in same if earlier["args"].get(key) != getattr(args, key)]
+    if differ:
+        raise SystemExit(f"--baseline {path} ran another budget ({', '.join(differ)} differ): rerun the reference instead")
+    return [dict(row, baseline=str(path.name)) for row in earlier["rows"] if row["meta"] == "none"]
+
+
 def write_results(out: Path, rows, targets, args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
@@ -83,7 +101,8 @@ def render(rows, targets, args) -> str:
     configs = list(dict.fromkeys((r["base"], r["meta"], r["protocol"]) for r in rows))
     lines = [
         f"PACS, official splits, {args.backbone} (ImageNet), {args.image_size} px, {args.steps} steps, "
-        f"batch {args.batch_size} per source, seeds {args.seeds}; selection: training-domain validation.",
+        f"batch {args.batch_size} per source, seeds {args.seeds}; selection: training-domain validation."
+        + (f" Overrides: {', '.join(args.set)}." if args.set else ""),
         "",
         "| base | meta | protocol | " + " | ".join(t[:1].upper() for t in targets) + " | avg | Δ vs meta=none (paired) | time / run vs base |",
         "|---|---|---|" + "---|" * len(targets) + "---|---|---|",
@@ -110,6 +129,9 @@ def render(rows, targets, args) -> str:
                 dci = ci95(diffs)
                 delta = f"{np.mean(diffs):+.1f}" + ("" if math.isnan(dci) else f" ± {dci:.1f}") + f" (n={len(diffs)})"
             ratio = f"{np.mean([r['seconds'] for r in mine]) / np.mean([r['seconds'] for r in ref]):.2f}x"
+        source = mine[0].get("baseline")
+        if source:
+            meta = f"{meta} (from {source}, no overrides)"
         lines.append(f"| {base} | {meta} | {protocol} | " + " | ".join(cells) + f" | {avg} | {delta} | {ratio} |")
     return "\n".join(lines) + "\n"
 

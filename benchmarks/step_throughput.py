@@ -7,13 +7,15 @@ relative to bare) is one sample, so both sides of a ratio share the machine's lo
 Reported: the median ratio over rounds and its quartiles. DANN and MCD (msda) also see
 ``batch / 3`` unlabelled target images per step; DANN, which forwards them in the same pass, is
 also paired with a bare step on all ``batch + batch / 3`` images (``..._same_images``). The meta
-modes wrap ERM. ``erm+data`` adds drawing and augmenting the batch from uint8 arrays, as a run does; ``erm@bf16`` runs under CPU
+modes wrap ERM; ``dann+init``, ``mcd+critic`` etc. (only when asked for) wrap the DA learners, and
+``time_vs_base_learner`` gives each one's step time relative to its learner alone. ``erm+data`` adds drawing and augmenting the batch from uint8 arrays, as a run does; ``erm@bf16`` runs under CPU
 bf16 autocast; ``erm@compile`` (only when asked for: compiling keeps worker processes busy for
 minutes) compiles the featurizer with ``torch.compile``, compile time excluded (warm-up).
 
     python benchmarks/step_throughput.py                 # tf_efficientnet_lite0, 128 px, batch 96
     python benchmarks/step_throughput.py --quick         # 64 px, batch 24, 3 rounds: a smoke run
     python benchmarks/step_throughput.py --configs erm,erm@compile --rounds 8
+    python benchmarks/step_throughput.py --configs dann,dann+init,dann+critic,mcd,mcd+init,mcd+critic,jigen,jigen+init,jigen+critic
 
 Writes benchmarks/results/step_throughput[_quick].json and prints it.
 """
@@ -53,11 +55,17 @@ CONFIGS = {
     "erm@bf16": ("erm", "none", {}, "bf16"),
     "erm@compile": ("erm", "none", {}, "compile"),
 }
+#: each meta mode around each DA learner (issue 4's cost "relative to its base learner"); only when asked:
+#: ``--configs dann,dann+init,dann+critic,mcd,mcd+init,mcd+critic,jigen,jigen+init,jigen+critic``
+META_ON_LEARNERS = {
+    f"{base}+{meta}": (base, meta, {}, "") for base in ("dann", "mcd", "jigen") for meta in ("init", "critic")
+}
+CONFIGS.update(META_ON_LEARNERS)
 #: DA steps that forward the unlabelled target images too, in one pass with the labelled batch
 #: (DANN): also compared with a bare step on all those images ("same images")
 SAME_IMAGES = {"dann"}
 #: compilation leaves worker processes busy for minutes, which would disturb the other timings
-DEFAULT_CONFIGS = [name for name in CONFIGS if name != "erm@compile"]
+DEFAULT_CONFIGS = [name for name in CONFIGS if name != "erm@compile" and name not in META_ON_LEARNERS]
 
 
 def load_average() -> str:
@@ -118,6 +126,16 @@ def build_bare(args, batch, with_target: bool = False):
         opt.step()
 
     return step
+
+
+def time_vs_base_learner(ratios: dict[str, list[float]]) -> dict[str, float]:
+    """Step time of ``<learner>+<meta>`` over that of ``<learner>``, both measured against the bare step."""
+    out = {}
+    for name in ratios:
+        base = name.split("+")[0]
+        if name in META_ON_LEARNERS and base in ratios:
+            out[name] = round(float(np.median(ratios[base]) / np.median(ratios[name])), 3)
+    return out
 
 
 def main() -> None:
@@ -191,6 +209,7 @@ def main() -> None:
         "throughput_vs_bare_quartiles": {k: [round(float(q), 3) for q in np.percentile(v, [25, 75])] for k, v in ratios.items()},
         "throughput_vs_bare_same_images_median": {k: round(float(np.median(v)), 3) for k, v in same_images.items()},
         "throughput_vs_bare_same_images_quartiles": {k: [round(float(q), 3) for q in np.percentile(v, [25, 75])] for k, v in same_images.items()},
+        "time_vs_base_learner": time_vs_base_learner(ratios),
         "seconds_per_step_median": {k: round(v, 3) for k, v in seconds.items()},
         "labelled_images_per_second_median": {k: round(n / v, 2) for k, v in seconds.items()},
         "seconds_per_step_all": {k: [round(t, 3) for t in v] for k, v in timings.items()},
