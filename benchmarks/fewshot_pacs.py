@@ -8,6 +8,9 @@ and its JSON, and logs each few-shot report to the training run in MLflow.
 
     python benchmarks/fewshot_pacs.py --domain sketch --steps 80 --image-size 96 --batch-size 16 \
         --out benchmarks/results/fewshot_sketch_96px.md
+
+`--reuse EARLIER.json` evaluates the models an earlier result of this script trained (same budget,
+same tracking store) instead of training them again, e.g. after a change to the few-shot methods.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default=f"sqlite:///{HERE / 'results' / 'fewshot.db'}")
     parser.add_argument("--experiment", default="benchmarks-fewshot")
     parser.add_argument("--out", default=str(HERE / "results" / "fewshot.md"))
+    parser.add_argument("--reuse", type=Path, default=None, help="an earlier result JSON whose trained runs to evaluate")
     args = parser.parse_args()
+    reused = reused_runs(args.reuse, args) if args.reuse else {}
 
     import mlflow
 
@@ -64,10 +69,15 @@ def main() -> None:
             backbone=args.backbone, weights="imagenet", eval_every=args.steps // 2, experiment=args.experiment,
             tracking_uri=args.tracking_uri, quiet=True,
         )
-        started = time.time()
-        run = run_experiment(config).runs[0]
-        train_seconds = time.time() - started
-        network, meta = load_network(run.model_path)
+        if label in reused:
+            run_id, test_acc, train_seconds = reused[label]
+            network, meta = load_network(model_path_of(run_id, args.tracking_uri))
+        else:
+            started = time.time()
+            run = run_experiment(config).runs[0]
+            train_seconds = time.time() - started
+            run_id, test_acc = run.run_id, run.test_acc
+            network, meta = load_network(run.model_path)
         methods = [("prototype", args.episodes), ("linear", args.episodes), ("finetune", args.episodes)]
         if meta_mode == "init":
             methods.append(("maml", args.maml_episodes))
@@ -77,11 +87,11 @@ def main() -> None:
                 methods=[method], seed=args.seed, progress=False, class_names=dataset.classes, domain=args.domain,
             )
             mlflow.set_tracking_uri(args.tracking_uri)
-            with mlflow.start_run(run_id=run.run_id):
+            with mlflow.start_run(run_id=run_id):
                 log_fewshot(report)
             for r in report.results:
                 rows.append({
-                    "model": label, "run_id": run.run_id, "test_acc": run.test_acc, "train_seconds": train_seconds,
+                    "model": label, "run_id": run_id, "test_acc": test_acc, "train_seconds": train_seconds,
                     "method": r.method, "shots": r.shots, "ways": report.ways, "accuracy": r.accuracy, "ci95": r.ci95,
                     "episodes": r.episodes, "seconds_per_episode": r.seconds_per_episode,
                 })
@@ -90,9 +100,25 @@ def main() -> None:
     print(Path(args.out).read_text())
 
 
+def reused_runs(path: Path, args) -> dict[str, tuple[str, float, float]]:
+    """model label -> (run id, test_acc, train seconds) of an earlier result with the same budget."""
+    earlier = json.loads(path.read_text())
+    same = ("domain", "steps", "image_size", "batch_size", "seed", "backbone", "tracking_uri")
+    differ = [key for key in same if str(earlier["args"].get(key)) != str(getattr(args, key))]
+    if differ:
+        raise SystemExit(f"--reuse {path} trained under other settings ({', '.join(differ)} differ): train again instead")
+    return {r["model"]: (r["run_id"], r["test_acc"], r["train_seconds"]) for r in earlier["rows"]}
+
+
+def model_path_of(run_id: str, tracking_uri: str) -> Path:
+    from dgmeta.evaluation.fewshot.resolve import resolve_model
+
+    return resolve_model(run_id, tracking_uri)
+
+
 def write_results(out: Path, rows: list[dict], args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))
     ways = rows[0]["ways"]
     lines = [
         f"PACS, trained on the three other domains (protocol dg), {args.backbone} (ImageNet), {args.image_size} px, "

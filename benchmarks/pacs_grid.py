@@ -93,7 +93,7 @@ def baseline_rows(path: Path, args) -> list[dict]:
 
 def write_results(out: Path, rows, targets, args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2, default=str))
     out.write_text(render(rows, targets, args))
 
 

@@ -164,6 +164,22 @@ def test_adapting_all_layers_lowers_the_support_loss_and_leaves_the_network_alon
     assert not torch.equal(adapted.head["weight"], head["weight"])
 
 
+def test_guarded_adaptation_never_raises_the_support_loss_where_plain_sgd_does(tiny_network):
+    images, labels = colour_images(per_class=2)
+    x, y = torch.from_numpy(images).float() / 255, torch.from_numpy(labels)
+    features = F.normalize(embed_images(tiny_network.featurizer, images, progress=False), dim=-1)
+    head = proto_head(features, y, WAYS, ProtoMAML.temperature)
+    logits = normalized_linear_logits
+    too_large = 5.0  # a step size that overshoots on this support set
+    plain = adapt_all_layers(tiny_network.featurizer, head, logits, x, y, steps=5, lr=too_large)
+    plain_losses = plain.support_losses + [support_loss(tiny_network.featurizer, plain, logits, x, y)]
+    assert max(plain_losses[1:]) > plain_losses[0], plain_losses  # the fixture does overshoot
+    guarded = adapt_all_layers(tiny_network.featurizer, head, logits, x, y, steps=5, lr=too_large, max_halvings=12)
+    losses = guarded.support_losses + [support_loss(tiny_network.featurizer, guarded, logits, x, y)]
+    assert len(losses) > 2 and losses[-1] < losses[0], losses  # it still adapts, at smaller steps
+    assert all(later <= earlier + 1e-6 for earlier, later in zip(losses, losses[1:])), losses
+
+
 def test_maml_and_finetune_all_run_on_an_init_model_above_chance(tiny_network):
     images, labels = colour_images()
     meta = {"meta_mode": "init+critic", "hparams": {"inner_lr": 0.01, "inner_steps": 1}}

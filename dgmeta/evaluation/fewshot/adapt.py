@@ -4,7 +4,8 @@
 * :func:`fit_linear_head`: a new linear head trained by gradient steps on frozen features.
 * :func:`adapt_all_layers`: gradient steps on every featurizer parameter plus a head, evaluated
   with ``torch.func.functional_call`` on per-episode copies of the parameters, so the trained
-  network itself is never modified and episodes stay independent.
+  network itself is never modified and episodes stay independent. With ``max_halvings`` the steps
+  are plain SGD that never raises the support loss (:func:`descending_sgd`).
 """
 
 from __future__ import annotations
@@ -88,15 +89,37 @@ def adapt_all_layers(
     lr: float,
     head_lr: float | None = None,
     momentum: float = 0.0,
+    max_halvings: int = 0,
 ) -> Adapted:
     """``steps`` full-batch SGD steps on copies of every trainable featurizer parameter and the head.
 
     The featurizer stays in eval mode: BatchNorm keeps its running statistics, because a
     support set of a few images per class gives useless batch statistics, and the query images
     are then normalised the same way as the support images were.
+
+    ``max_halvings > 0`` (plain SGD only): a step that would raise the support loss is retried at
+    half the step size, up to ``max_halvings`` times (:func:`descending_sgd`).
     """
     params = {n: p.detach().clone().requires_grad_(True) for n, p in featurizer.named_parameters() if p.requires_grad}
     head = {k: v.detach().clone().requires_grad_(True) for k, v in head.items()}
+    if max_halvings > 0:
+        if momentum:
+            raise ValueError("max_halvings needs plain SGD (momentum=0)")
+        step_sizes = {**{f"featurizer.{n}": lr for n in params}, **{f"head.{k}": head_lr or lr for k in head}}
+        tensors = {**{f"featurizer.{n}": p for n, p in params.items()}, **{f"head.{k}": v for k, v in head.items()}}
+
+        def loss_of(t: dict[str, Tensor]) -> Tensor:
+            own = {n[len("featurizer."):]: v for n, v in t.items() if n.startswith("featurizer.")}
+            own_head = {n[len("head."):]: v for n, v in t.items() if n.startswith("head.")}
+            return F.cross_entropy(logits(functional_call(featurizer, own, (support_x,)), own_head), support_y)
+
+        with eval_mode(featurizer):
+            final, losses = descending_sgd(loss_of, tensors, step_sizes, steps, max_halvings)
+        return Adapted(
+            {n[len("featurizer."):]: v for n, v in final.items() if n.startswith("featurizer.")},
+            {n[len("head."):]: v for n, v in final.items() if n.startswith("head.")},
+            losses,
+        )
     groups = [{"params": list(params.values()), "lr": lr}, {"params": list(head.values()), "lr": head_lr or lr}]
     opt = torch.optim.SGD(groups, lr=lr, momentum=momentum)
     losses: list[float] = []
@@ -108,6 +131,46 @@ def adapt_all_layers(
             opt.step()
             losses.append(float(loss.detach()))
     return Adapted({n: p.detach() for n, p in params.items()}, {k: v.detach() for k, v in head.items()}, losses)
+
+
+def descending_sgd(
+    loss_of: Callable[[dict[str, Tensor]], Tensor],
+    tensors: dict[str, Tensor],
+    step_sizes: dict[str, float],
+    steps: int,
+    max_halvings: int,
+) -> tuple[dict[str, Tensor], list[float]]:
+    """Plain SGD that never accepts a step raising the loss (backtracking on the step size).
+
+    Why: the step size a meta-learned initialisation was trained for (MetaDA's ``inner_lr``, taken
+    in train mode on batches of dozens of images) can overshoot on a 5-image support set with a
+    sharp prototype head; an adaptation that ends worse than where it started is no adaptation.
+    Each step tries ``step_sizes`` x 1, 1/2, ... 1/2**max_halvings and takes the first that does not
+    raise the loss; if none does, adaptation stops there. Returns the final tensors (detached) and
+    the loss before each step taken. The loss of an accepted candidate is reused (with its graph)
+    for the next step's gradient, so an uneventful step costs one forward and one backward.
+    """
+    current = {n: t.detach().requires_grad_(True) for n, t in tensors.items()}
+    loss = loss_of(current)
+    losses: list[float] = []
+    for _ in range(steps):
+        grads = torch.autograd.grad(loss, list(current.values()))
+        scale, accepted = 1.0, None
+        for _ in range(max_halvings + 1):
+            candidate = {
+                n: (t - scale * step_sizes[n] * g).detach().requires_grad_(True)
+                for (n, t), g in zip(current.items(), grads)
+            }
+            candidate_loss = loss_of(candidate)
+            if float(candidate_loss.detach()) <= float(loss.detach()):
+                accepted = (candidate, candidate_loss)
+                break
+            scale /= 2
+        if accepted is None:
+            break
+        losses.append(float(loss.detach()))
+        current, loss = accepted
+    return {n: t.detach() for n, t in current.items()}, losses
 
 
 @torch.no_grad()
