@@ -26,10 +26,6 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 
 
-def flat(grads: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
-    return torch.cat([grads[n].flatten() for n in names])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="art_painting")
@@ -48,7 +44,6 @@ def main() -> None:
     from dgmeta.evaluation.accuracy import to_float_images
     from dgmeta.hparams import default_hparams
     from dgmeta.learners import Batch, LearnerContext, create_learner
-    from dgmeta.meta.gradient import trainable_params
     from dgmeta.models import create_network
     from dgmeta.training.experiment import make_stepper, seed_everything
 
@@ -93,7 +88,8 @@ def main() -> None:
         for fraction in fractions:
             stepper.hparams["meta_batch_fraction"] = fraction
             episode = stepper.next_episode(batch)
-            meta = flat(stepper.init_term.meta_gradient(learner, episode, 0.0).grads, first_stage)
+            grads = stepper.init_term.meta_gradient(learner, episode, 0.0).grads
+            meta = torch.cat([grads[name].flatten() for name in first_stage])
             plain = gradient_of(F.cross_entropy(learner(episode.meta_test.x), episode.meta_test.y))
             record(f"meta_fraction_{fraction}", float(meta.norm()))
             record(f"meta_fraction_{fraction}_cosine_with_base", float(F.cosine_similarity(meta, base, dim=0)))

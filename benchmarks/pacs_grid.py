@@ -10,8 +10,8 @@ there are several), the paired difference of each meta mode against `--meta none
 An ablation of a meta mode can reuse the `--meta none` runs of an earlier grid (same budget, targets and
 seeds) as its paired reference instead of re-running them:
 
-    python benchmarks/pacs_grid.py --runs dann:init:msda --set meta_batch_fraction=1.0 \
-        --baseline benchmarks/results/meta_dann_96px.json ... --out benchmarks/results/meta_dann_96px_fraction1.md
+    python benchmarks/pacs_grid.py --runs dann:init:msda --set meta_weight=0.3 \
+        --baseline benchmarks/results/meta_dann_96px.json ... --out benchmarks/results/meta_dann_96px_weight0.3.md
 """
 
 from __future__ import annotations

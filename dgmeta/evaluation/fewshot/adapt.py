@@ -102,31 +102,23 @@ def adapt_all_layers(
     """
     params = {n: p.detach().clone().requires_grad_(True) for n, p in featurizer.named_parameters() if p.requires_grad}
     head = {k: v.detach().clone().requires_grad_(True) for k, v in head.items()}
+
+    def loss_of(params: dict[str, Tensor], head: Head) -> Tensor:
+        return F.cross_entropy(logits(functional_call(featurizer, params, (support_x,)), head), support_y)
+
     if max_halvings > 0:
         if momentum:
             raise ValueError("max_halvings needs plain SGD (momentum=0)")
-        step_sizes = {**{f"featurizer.{n}": lr for n in params}, **{f"head.{k}": head_lr or lr for k in head}}
-        tensors = {**{f"featurizer.{n}": p for n, p in params.items()}, **{f"head.{k}": v for k, v in head.items()}}
-
-        def loss_of(t: dict[str, Tensor]) -> Tensor:
-            own = {n[len("featurizer."):]: v for n, v in t.items() if n.startswith("featurizer.")}
-            own_head = {n[len("head."):]: v for n, v in t.items() if n.startswith("head.")}
-            return F.cross_entropy(logits(functional_call(featurizer, own, (support_x,)), own_head), support_y)
-
         with eval_mode(featurizer):
-            final, losses = descending_sgd(loss_of, tensors, step_sizes, steps, max_halvings)
-        return Adapted(
-            {n[len("featurizer."):]: v for n, v in final.items() if n.startswith("featurizer.")},
-            {n[len("head."):]: v for n, v in final.items() if n.startswith("head.")},
-            losses,
-        )
+            (params, head), losses = descending_sgd(loss_of, [(params, lr), (head, head_lr or lr)], steps, max_halvings)
+        return Adapted(params, head, losses)
     groups = [{"params": list(params.values()), "lr": lr}, {"params": list(head.values()), "lr": head_lr or lr}]
     opt = torch.optim.SGD(groups, lr=lr, momentum=momentum)
     losses: list[float] = []
     with eval_mode(featurizer):
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(logits(functional_call(featurizer, params, (support_x,)), head), support_y)
+            loss = loss_of(params, head)
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
@@ -134,34 +126,36 @@ def adapt_all_layers(
 
 
 def descending_sgd(
-    loss_of: Callable[[dict[str, Tensor]], Tensor],
-    tensors: dict[str, Tensor],
-    step_sizes: dict[str, float],
+    loss_of: Callable[..., Tensor],
+    groups: list[tuple[dict[str, Tensor], float]],
     steps: int,
     max_halvings: int,
-) -> tuple[dict[str, Tensor], list[float]]:
+) -> tuple[list[dict[str, Tensor]], list[float]]:
     """Plain SGD that never accepts a step raising the loss (backtracking on the step size).
 
     Why: the step size a meta-learned initialisation was trained for (MetaDA's ``inner_lr``, taken
     in train mode on batches of dozens of images) can overshoot on a 5-image support set with a
     sharp prototype head; an adaptation that ends worse than where it started is no adaptation.
-    Each step tries ``step_sizes`` x 1, 1/2, ... 1/2**max_halvings and takes the first that does not
-    raise the loss; if none does, adaptation stops there. Returns the final tensors (detached) and
-    the loss before each step taken. The loss of an accepted candidate is reused (with its graph)
-    for the next step's gradient, so an uneventful step costs one forward and one backward.
+    ``groups`` are (tensors, step size) pairs and ``loss_of`` takes one dict per group. Each step
+    tries the step sizes x 1, 1/2, ... 1/2**max_halvings and takes the first that does not raise the
+    loss; if none does, adaptation stops there. Returns the final tensors (detached), one dict per
+    group, and the loss before each step taken. An accepted candidate's loss (with its graph) gives
+    the next step's gradient, so an uneventful step costs one forward and one backward.
     """
-    current = {n: t.detach().requires_grad_(True) for n, t in tensors.items()}
-    loss = loss_of(current)
+    current = [{n: t.detach().requires_grad_(True) for n, t in tensors.items()} for tensors, _ in groups]
+    step_sizes = [lr for _, lr in groups]
+    loss = loss_of(*current)
     losses: list[float] = []
     for _ in range(steps):
-        grads = torch.autograd.grad(loss, list(current.values()))
+        grads = torch.autograd.grad(loss, [t for tensors in current for t in tensors.values()])
         scale, accepted = 1.0, None
         for _ in range(max_halvings + 1):
-            candidate = {
-                n: (t - scale * step_sizes[n] * g).detach().requires_grad_(True)
-                for (n, t), g in zip(current.items(), grads)
-            }
-            candidate_loss = loss_of(candidate)
+            flat_grads = iter(grads)
+            candidate = [
+                {n: (t - scale * lr * next(flat_grads)).detach().requires_grad_(True) for n, t in tensors.items()}
+                for tensors, lr in zip(current, step_sizes)
+            ]
+            candidate_loss = loss_of(*candidate)
             if float(candidate_loss.detach()) <= float(loss.detach()):
                 accepted = (candidate, candidate_loss)
                 break
@@ -170,7 +164,7 @@ def descending_sgd(
             break
         losses.append(float(loss.detach()))
         current, loss = accepted
-    return {n: t.detach() for n, t in current.items()}, losses
+    return [{n: t.detach() for n, t in tensors.items()} for tensors in current], losses
 
 
 @torch.no_grad()
