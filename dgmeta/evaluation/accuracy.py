@@ -19,11 +19,17 @@ def precision_context(precision: str):
     return nullcontext()
 
 
+# Small inference batches are both faster on CPU (the activations stay in cache: Lite0 at 128 px,
+# 2 cores, 32 vs 256 images per batch: 1.25-1.4x the images/s) and lighter: a 256-image batch's
+# activations are mapped fresh and raised a full PACS run's peak RSS by ~0.8 GiB over training.
+EVAL_BATCH_SIZE = 32
+
+
 @torch.no_grad()
 def predict_array(
     predict: nn.Module,
     images: np.ndarray,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
     precision: str = "fp32",
     device: torch.device | str = "cpu",
     return_features: nn.Module | None = None,

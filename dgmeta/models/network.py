@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from dgmeta.errors import ConfigError
+from dgmeta.models.activations import use_output_saving_relu6
 
 
 class Featurizer(nn.Module):
@@ -51,6 +52,7 @@ def create_featurizer(backbone: str, weights: str = "none", channels_last: bool 
             "give any timm model name (see `timm.list_models()`), e.g. tf_efficientnet_lite0 or resnet18",
         )
     body = timm.create_model(backbone, pretrained=False, num_classes=0)
+    use_output_saving_relu6(body)  # same numbers, less activation memory, faster (see the module)
     mean, std = load_backbone_weights(body, backbone, weights)
     if channels_last:
         body = body.to(memory_format=torch.channels_last)
