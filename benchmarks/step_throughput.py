@@ -10,12 +10,15 @@ also paired with a bare step on all ``batch + batch / 3`` images (``..._same_ima
 modes wrap ERM; ``dann+init``, ``mcd+critic`` etc. (only when asked for) wrap the DA learners, and
 ``time_vs_base_learner`` gives each one's step time relative to its learner alone. ``erm+data`` adds drawing and augmenting the batch from uint8 arrays, as a run does; ``erm@bf16`` runs under CPU
 bf16 autocast; ``erm@compile`` (only when asked for: compiling keeps worker processes busy for
-minutes) compiles the featurizer with ``torch.compile``, compile time excluded (warm-up).
+minutes) compiles the featurizer with ``torch.compile``, compile time excluded (warm-up);
+``...@pytorch-double-backward`` (only when asked for) runs a meta mode without
+``dgmeta.meta.double_backward``, i.e. on PyTorch's own second derivatives, for a before/after.
 
     python benchmarks/step_throughput.py                 # tf_efficientnet_lite0, 128 px, batch 96
     python benchmarks/step_throughput.py --quick         # 64 px, batch 24, 3 rounds: a smoke run
     python benchmarks/step_throughput.py --configs erm,erm@compile --rounds 8
     python benchmarks/step_throughput.py --configs dann,dann+init,dann+critic,mcd,mcd+init,mcd+critic,jigen,jigen+init,jigen+critic
+    python benchmarks/step_throughput.py --configs "erm,init order 2,init order 2@pytorch-double-backward,critic,critic@pytorch-double-backward"
 
 Writes benchmarks/results/step_throughput[_quick].json and prints it.
 """
@@ -23,6 +26,7 @@ Writes benchmarks/results/step_throughput[_quick].json and prints it.
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager, nullcontext
 import json
 import os
 import random
@@ -54,6 +58,9 @@ CONFIGS = {
     "critic": ("erm", "critic", {}, ""),
     "erm@bf16": ("erm", "none", {}, "bf16"),
     "erm@compile": ("erm", "none", {}, "compile"),
+    # before/after of dgmeta.meta.double_backward (only when asked): PyTorch's own double backward
+    "init order 2@pytorch-double-backward": ("erm", "init", {"meta_order": 2}, "pytorch-double-backward"),
+    "critic@pytorch-double-backward": ("erm", "critic", {}, "pytorch-double-backward"),
 }
 #: each meta mode around each DA learner (issue 4's cost "relative to its base learner"); only when asked:
 #: ``--configs dann,dann+init,dann+critic,mcd,mcd+init,mcd+critic,jigen,jigen+init,jigen+critic``
@@ -65,7 +72,7 @@ CONFIGS.update(META_ON_LEARNERS)
 #: (DANN): also compared with a bare step on all those images ("same images")
 SAME_IMAGES = {"dann"}
 #: compilation leaves worker processes busy for minutes, which would disturb the other timings
-DEFAULT_CONFIGS = [name for name in CONFIGS if name != "erm@compile" and name not in META_ON_LEARNERS]
+DEFAULT_CONFIGS = [name for name in CONFIGS if "@compile" not in name and "@pytorch" not in name and name not in META_ON_LEARNERS]
 
 
 def load_average() -> str:
@@ -101,10 +108,24 @@ def build_step(name: str, args, batch, sources_uint8):
         if variant == "data":
             xs, ys = zip(*(source.next() for source in sources_uint8))
             current = Batch(augment_batch(to_float_images(torch.cat(xs)), generator), torch.cat(ys), batch.domain, None)
-        with precision_context(precision):
+        with precision_context(precision), pytorch_double_backward() if variant == "pytorch-double-backward" else nullcontext():
             stepper.step(current)
 
     return step
+
+
+@contextmanager
+def pytorch_double_backward():
+    """The meta modes without dgmeta.meta.double_backward, as before it existed."""
+    import dgmeta.meta.critic as critic
+    import dgmeta.meta.gradient as gradient
+
+    saved = gradient.fast_double_backward, critic.fast_double_backward
+    gradient.fast_double_backward = critic.fast_double_backward = nullcontext
+    try:
+        yield
+    finally:
+        gradient.fast_double_backward, critic.fast_double_backward = saved
 
 
 def build_bare(args, batch, with_target: bool = False):
