@@ -185,9 +185,9 @@ def meta_gradient(
     exact = order == 2
     theta = trainable_params(learner)
     buffers = scratch_buffers(learner)
-    with fast_double_backward() if exact else nullcontext():  # the graph is differentiated twice
+    with fast_double_backward() if exact else nullcontext():  # the inner graph is differentiated twice
         adapted = inner_adapt(learner, theta, batch_train, progress, inner_lr, inner_steps, exact, buffers)
-        val_loss = prediction_loss(learner, adapted.params, buffers, batch_test)
+    val_loss = prediction_loss(learner, adapted.params, buffers, batch_test)  # once: PyTorch's own ops are faster
     wrt = theta if exact else adapted.params
     names = list(wrt)
     grads = torch.autograd.grad(val_loss, [wrt[n] for n in names], allow_unused=True)
