@@ -75,7 +75,10 @@ class BatchNormBatchStats(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
+        x_saved, weight = ctx.saved_tensors
+        # statistics in float32 at least, as PyTorch's kernels accumulate them (bf16 autocast)
+        compute = torch.promote_types(x_saved.dtype, torch.float32)
+        x, grad = x_saved.to(compute), grad.to(compute)
         axes = [0, *range(2, x.dim())]
         count = x.numel() // x.shape[1]
         centred = x - x.mean(axes, keepdim=True)
@@ -86,7 +89,7 @@ class BatchNormBatchStats(torch.autograd.Function):
         scale = invstd if weight is None else invstd * weight.view(1, -1, *([1] * (x.dim() - 2)))
         grad_x = scale * (grad - grad_bias / count - xhat * (grad_weight / count)) if ctx.needs_input_grad[0] else None
         return (
-            grad_x,
+            None if grad_x is None else grad_x.to(x_saved.dtype),
             None,
             None,
             grad_weight.flatten() if weight is not None and ctx.needs_input_grad[3] else None,
