@@ -19,10 +19,11 @@ Outer loss: ``L_val(theta') = cross_entropy(predict_{theta'}(batch_test.x), batc
 step (``create_graph=True``: Hessian-vector products of the learner's own objectives). Exact for
 the computation as the learner writes it: what a learner computes without a graph is a constant
 here too (MCD's step B computes its features under ``no_grad``, so the exact meta-gradient does
-not see how those features move with the featurizer). The graph is built inside
+not see how those features move with the featurizer). The inner steps' graph is built inside
 :class:`~dgmeta.meta.double_backward.fast_double_backward`: same derivatives, but grouped
 convolutions and batch norm get second derivatives that are cheap to evaluate (about 2x faster
-second-order steps on EfficientNet-Lite0).
+second-order steps on EfficientNet-Lite0, ``benchmarks/step_throughput.py``); the meta-test
+forward, differentiated only once, uses PyTorch's own operations.
 
 ``order=1`` (first-order MAML): the inner steps are taken without a graph and the Jacobian
 ``d theta' / d theta`` is replaced by the identity, so the meta-gradient is the plain gradient of
