@@ -19,9 +19,10 @@ def precision_context(precision: str):
     return nullcontext()
 
 
-# Small inference batches are both faster on CPU (the activations stay in cache: Lite0 at 128 px,
-# 2 cores, 32 vs 256 images per batch: 1.25-1.4x the images/s) and lighter: a 256-image batch's
-# activations are mapped fresh and raised a full PACS run's peak RSS by ~0.8 GiB over training.
+# Small inference batches are both faster on CPU (the activations stay in cache) and lighter: for
+# Lite0 at 128 px, 32 vs 256 images per batch gave 1.57-1.65x the images/s and a 0.92 vs 1.86 GiB
+# peak for evaluation alone (benchmarks/activation_memory.py); 256-image batches lifted a full PACS
+# run's peak above its training steps'.
 EVAL_BATCH_SIZE = 32
 
 

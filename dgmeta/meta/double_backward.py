@@ -5,9 +5,11 @@ pass, and two of PyTorch's double backwards are slow on CPU:
 
 * a convolution with ``groups > 1`` (``aten::_convolution_double_backward``) computes one term
   group by group: a depthwise layer with 1152 channels becomes 1152 tiny convolutions;
-* batch norm in training mode (``batchnorm_double_backward``) is a generic composite of about 80
-  full-size products and reductions per layer; on EfficientNet-Lite0 it was 39% of a second-order
-  MetaDA step.
+* batch norm in training mode (``batchnorm_double_backward``) is a generic composite of many
+  full-size products and reductions per layer.
+
+On EfficientNet-Lite0 the two took 40% and 30% of a second-order meta-gradient's CPU time (9,187
+convolution calls for one meta-gradient; ``benchmarks/double_backward_profile.py``).
 
 :class:`fast_double_backward` is a context in which every grouped ``conv2d`` and every
 training-mode ``batch_norm`` builds a graph node whose backward is written with a few
