@@ -2,8 +2,9 @@
 
 One ERM learner on tf_efficientnet_lite0 (weights none), an episode of ``--train`` meta-train and
 ``--test`` meta-test images at ``--image-size`` (the default online episode: half of 3 x 32),
-``meta_gradient(order=2)`` profiled with torch.profiler once on PyTorch's own double backward and
-once inside ``dgmeta.meta.double_backward``. Reported per variant: wall seconds, convolution kernel
+``meta_gradient(order=2)`` timed ``--rounds`` times alternately on PyTorch's own double backward and
+inside ``dgmeta.meta.double_backward``, then profiled once each with torch.profiler. Reported per
+variant: median wall seconds (and the median per-round ratio of the two), convolution kernel
 calls, and the share of profiled CPU time under batch norm's double backward and under
 ``aten::_convolution_double_backward`` (every convolution's; the grouped ones loop over groups).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--train", type=int, default=32)
     parser.add_argument("--test", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds, each running both variants")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "double_backward_profile.json")
     args = parser.parse_args()
 
@@ -51,30 +54,41 @@ def main() -> None:
     fast = gradient.fast_double_backward
     report = {"command": "python benchmarks/" + " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "image_size": s,
               "meta_train_images": args.train, "meta_test_images": args.test, "torch_threads": torch.get_num_threads()}
-    for variant, mode in (("pytorch double backward", contextlib.nullcontext), ("dgmeta fast double backward", fast)):
+    variants = {"pytorch double backward": contextlib.nullcontext, "dgmeta fast double backward": fast}
+
+    def meta_gradient_with(mode) -> None:
         gradient.fast_double_backward = mode
         try:
-            gradient.meta_gradient(learner, train, test, 0.1, 0.01, 1, order=2)  # warm-up
-            start = time.perf_counter()
             gradient.meta_gradient(learner, train, test, 0.1, 0.01, 1, order=2)
-            seconds = time.perf_counter() - start
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                gradient.meta_gradient(learner, train, test, 0.1, 0.01, 1, order=2)
         finally:
             gradient.fast_double_backward = fast
+
+    seconds: dict[str, list[float]] = {variant: [] for variant in variants}
+    for round_ in range(args.rounds + 1):  # round 0 warms up; variants alternate, sharing the machine's load
+        for variant, mode in variants.items():
+            start = time.perf_counter()
+            meta_gradient_with(mode)
+            if round_:
+                seconds[variant].append(time.perf_counter() - start)
+    for variant, mode in variants.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            meta_gradient_with(mode)
         events = {e.key: e for e in prof.key_averages()}
         total = sum(e.self_cpu_time_total for e in events.values())
 
-        def share(key: str) -> float:
-            return round(events[key].cpu_time_total / total, 3) if key in events else 0.0
+        def share(*keys: str) -> float:
+            return round(sum(events[k].cpu_time_total for k in keys if k in events) / total, 3)
 
         report[variant] = {
-            "seconds_unprofiled": round(seconds, 3),
+            "seconds_unprofiled_median": round(statistics.median(seconds[variant]), 3),
+            "seconds_unprofiled_all": [round(t, 3) for t in seconds[variant]],
             "convolution_kernel_calls": sum(events[k].count for k in ("aten::mkldnn_convolution", "aten::thnn_conv2d") if k in events),
-            "share_batch_norm_double_backward": share("NativeBatchNormBackwardBackward0"),
+            # PyTorch's composite, or dgmeta's BatchNormBackward.backward
+            "share_batch_norm_double_backward": share("NativeBatchNormBackwardBackward0", "BatchNormBackwardBackward"),
             "share_convolution_double_backward": share("aten::_convolution_double_backward"),
         }
-    report["speedup"] = round(report["pytorch double backward"]["seconds_unprofiled"] / report["dgmeta fast double backward"]["seconds_unprofiled"], 3)
+    ratios = [a / b for a, b in zip(seconds["pytorch double backward"], seconds["dgmeta fast double backward"])]
+    report["speedup_median_per_round"] = round(statistics.median(ratios), 3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -72,12 +72,49 @@ def test_batch_norm_gradients_of_every_order_and_running_stats_match_pytorch(aff
     assert "BatchNormBatchStatsBackward" in node_types(model, x)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_runs_as_a_matrix_product_with_pytorchs_gradients_of_every_order(bias):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(5, 7, 1, bias=bias), nn.Softplus()).double()
+    x = torch.randn(3, 5, 6, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    for stock, fast in zip(first_and_second_order(model, x, False), first_and_second_order(model, x, True)):
+        torch.testing.assert_close(fast, stock, rtol=1e-10, atol=1e-12)
+    with fast_double_backward():
+        out = model[0](x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, F.conv2d(x, model[0].weight, model[0].bias), rtol=1e-12, atol=1e-12)
+    assert "ConvolutionBackward0" not in node_types(model, x)
+    # not channels-last, strided or padded: PyTorch's convolution
+    assert "ConvolutionBackward0" in node_types(model, x.detach().contiguous().requires_grad_())
+    strided = nn.Sequential(nn.Conv2d(5, 7, 1, stride=2)).double()
+    assert "ConvolutionBackward0" in node_types(strided, x)
+
+
+def test_under_bf16_autocast_second_order_is_no_less_accurate_than_pytorchs():
+    """Statistics and per-channel coefficients stay in float32 under autocast, as PyTorch keeps them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+        nn.Conv2d(8, 6, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    ).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 10, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
+    exact = first_and_second_order(model, x, False)  # float32, no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stock = first_and_second_order(model, x, False)
+        fast = first_and_second_order(model, x, True)
+    for reference, s, f in zip(exact, stock, fast):
+        assert f.dtype == s.dtype
+        assert (f - reference).norm() <= 2 * (s - reference).norm() + 1e-3 * reference.norm()
+
+
 def test_left_alone_outside_training_without_gradients_and_for_plain_convs():
     torch.manual_seed(0)
     conv, grouped = nn.Conv2d(4, 4, 3).double(), nn.Conv2d(4, 4, 3, groups=4).double()
     norm = nn.BatchNorm2d(4).double().eval()
     x = torch.randn(2, 4, 7, 7, dtype=torch.float64, requires_grad=True)
     assert not {"GroupedConv2dBackward", "BatchNormBatchStatsBackward"} & node_types(nn.Sequential(conv, norm), x)
+    assert "ConvolutionBackward0" in node_types(conv, x)
     with fast_double_backward(), torch.no_grad():
         assert torch.equal(grouped(x), F.conv2d(x, grouped.weight, grouped.bias, groups=4))
     assert issubclass(GroupedConv2d, torch.autograd.Function) and issubclass(BatchNormBatchStats, torch.autograd.Function)

@@ -32,8 +32,10 @@ class _ReLU6SavingOutput(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:
         (out,) = ctx.saved_tensors
-        # one fused kernel; its mask 0 < out < 6 equals 0 < input < 6, hardtanh's convention at the kinks
-        return torch.ops.aten.hardtanh_backward(grad_out, out, 0.0, 6.0), None
+        # one fused kernel; its mask 0 < out < 6 equals 0 < input < 6, hardtanh's convention at the kinks.
+        # ``out`` detached: the mask's derivative is zero, and autograd would otherwise build (and
+        # add up) a tensor of zeros for it in every double backward
+        return torch.ops.aten.hardtanh_backward(grad_out, out.detach(), 0.0, 6.0), None
 
 
 class ReLU6SavingOutput(nn.ReLU6):
