@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from dgmeta.errors import ConfigError
+from dgmeta.training.allocator import check_memory_mode
 
 # Fields that do not change what is computed are left out of the hash.
-_NOT_HASHED = {"tracking_uri", "experiment", "quiet", "data_root", "cache_dir", "run_name", "targets", "seeds", "fewshot", "resume", "checkpoint_every", "nproc", "cache"}
+_NOT_HASHED = {"tracking_uri", "experiment", "quiet", "data_root", "cache_dir", "run_name", "targets", "seeds", "fewshot", "resume", "checkpoint_every", "nproc", "cache", "memory"}
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RunConfig:
     fewshot: dict[str, Any] | None = None
     nproc: int = 1  # data-parallel processes (dgmeta.training.distributed); batch_size stays per process
     cache: str = "auto"  # decoded images: disk (memmap cache) | stream (decode on the fly) | auto (dgmeta.data.streaming)
+    memory: str = "lean"  # lean | fast: what the process does with freed memory (dgmeta.training.allocator)
     run_name: str | None = None
     quiet: bool = False
 
@@ -63,6 +65,7 @@ class RunConfig:
             raise ConfigError("no --seed given", "pass at least one, e.g. --seed 0")
         if self.cache not in ("auto", "disk", "stream"):
             raise ConfigError(f"unknown --cache {self.cache!r}", "choose auto, disk or stream")
+        check_memory_mode(self.memory)
         if not isinstance(self.nproc, int) or self.nproc < 1:
             raise ConfigError(f"--nproc must be a positive integer, got {self.nproc}", "pass e.g. --nproc 2")
         if self.shots <= 0:

@@ -190,6 +190,8 @@ CASES = [
          "error: unknown --meta 'inits' — choose one of: none, init, critic, init+critic"),
     Case("unknown protocol", lambda t, v: run_toy(t, "--protocol", "uda"),
          "error: unknown --protocol 'uda' — choose one of: dg, msda, ssda"),
+    Case("unknown memory mode", lambda t, v: run_toy(t, "--memory", "max"),
+         "error: unknown --memory 'max' — choose lean (return freed memory to the OS) or fast (keep it for reuse)"),
     Case("protocol the learner cannot run", lambda t, v: run_toy(t, "--base", "mcd", "--protocol", "dg"),
          "error: --base mcd cannot run under --protocol dg — use --protocol msda or ssda"),
     Case("unknown few-shot method", lambda t, v: ["fewshot", str(fewshot_model(t)), "--data", toy(t), "--domain", "d2", "--method", "protonet", *store(t)],

@@ -171,12 +171,14 @@ def run_experiment(config: RunConfig, plan: ResolvedPlan | None = None) -> Exper
     from contextlib import ExitStack
 
     from dgmeta.tracking.mlflow_run import Tracking
+    from dgmeta.training.allocator import configure_allocator
     from dgmeta.training.checkpointing import RunFolder, ensure_writable_folder, runs_root
     from dgmeta.training.distributed import setup
     from dgmeta.training.resume import find_resume_point, missing_params, reopen
     from dgmeta.training.signals import RunInterrupted, StopRequests, stop_signals
 
     plan = plan or resolve_plan(config)
+    configure_allocator(config.memory)
     dist = setup()  # joins torchrun's process group; only rank 0 talks to MLflow
     tracking = dist.tracking(lambda: Tracking(config.tracking_uri, config.experiment))
     config_hash = config.config_hash(protocol=plan.protocol)
