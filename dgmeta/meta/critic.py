@@ -28,7 +28,7 @@ meta-train half, the critic term's featurizer forward/backward on it (with a gra
 forward at theta_old (no graph) and at theta_new with the backward into omega (a double backward
 through the featurizer, built with :mod:`dgmeta.meta.double_backward`), and the featurizer
 forward/backward of the model's critic term on the full batch. Measured (ERM, tf_efficientnet_lite0,
-128 px, 96 images; ``benchmarks/step_throughput.py``): 3.64x the base step (6.7-7.5x with PyTorch's own
+128 px, 96 images; ``benchmarks/step_throughput.py``): 3.24x the base step (6.7x with PyTorch's own
 double backward).
 """
 
