@@ -18,6 +18,7 @@ minutes) compiles the featurizer with ``torch.compile``, compile time excluded (
     python benchmarks/step_throughput.py --quick         # 64 px, batch 24, 3 rounds: a smoke run
     python benchmarks/step_throughput.py --configs erm,erm@compile --rounds 8
     python benchmarks/step_throughput.py --configs dann,dann+init,dann+critic,mcd,mcd+init,mcd+critic,jigen,jigen+init,jigen+critic
+    python benchmarks/step_throughput.py --configs "dann,dann+init order 2,mcd,mcd+init order 2,jigen,jigen+init order 2"
     python benchmarks/step_throughput.py --configs "erm,init order 2,init order 2@pytorch-double-backward,critic,critic@pytorch-double-backward"
 
 Writes benchmarks/results/step_throughput[_quick].json and prints it.
@@ -67,6 +68,7 @@ CONFIGS = {
 META_ON_LEARNERS = {
     f"{base}+{meta}": (base, meta, {}, "") for base in ("dann", "mcd", "jigen") for meta in ("init", "critic")
 }
+META_ON_LEARNERS.update({f"{base}+init order 2": (base, "init", {"meta_order": 2}, "") for base in ("dann", "mcd", "jigen")})
 CONFIGS.update(META_ON_LEARNERS)
 #: DA steps that forward the unlabelled target images too, in one pass with the labelled batch
 #: (DANN): also compared with a bare step on all those images ("same images")
