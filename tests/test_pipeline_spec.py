@@ -58,6 +58,13 @@ def test_cli_options_override_the_file_and_set_overrides_hparams(tmp_path):
     assert spec.to_run_config({"steps": 7, "seeds": [4]}, ["dropout=0.0", "weight_decay=0.001"]).config_hash() != config.config_hash()
 
 
+def test_memory_mode_in_a_spec_and_on_the_cli(tmp_path):
+    spec = load_pipeline(write(tmp_path, "dataset: pacs\nmemory: fast\n"))
+    assert spec.to_run_config().memory == "fast"
+    assert spec.to_run_config({"memory": "lean"}).memory == "lean"
+    assert load_pipeline(write(tmp_path, "dataset: pacs\n")).to_run_config().memory == "lean"
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -69,6 +76,7 @@ def test_cli_options_override_the_file_and_set_overrides_hparams(tmp_path):
         ("- dataset\n- pacs\n", r"must be a mapping of keys, got a list"),
         ("", r"is empty"),
         ("dataset: pacs\nprotocol: uda\n", r"key 'protocol': Input should be 'dg', 'msda' or 'ssda'"),
+        ("dataset: pacs\nmemory: max\n", r"key 'memory': Input should be 'lean' or 'fast'"),
         ("dataset: pacs\nstages: [train, deploy]\n", r"key 'stages.1'"),
         ("dataset: pacs\nstages: [train, register]\n", r"stage 'register' needs a register: section"),
         ("dataset: pacs\nregister: {model_name: m, margn: 1}\n", r"unknown key 'register.margn' — did you mean 'margin'\?"),

@@ -122,6 +122,7 @@ class PipelineSpec(_Section):
     shots: int | None = Field(None, gt=0)
     eval_every: int | None = Field(None, gt=0)
     precision: Literal["fp32", "bf16"] | None = None
+    memory: Literal["lean", "fast"] | None = None
     experiment: str | None = None
     tracking_uri: str | None = None
     data_root: str | None = None
