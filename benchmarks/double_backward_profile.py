@@ -6,7 +6,8 @@ One ERM learner on tf_efficientnet_lite0 (weights none), an episode of ``--train
 inside ``dgmeta.meta.double_backward``, then profiled once each with torch.profiler. Reported per
 variant: median wall seconds (and the median per-round ratio of the two), convolution kernel
 calls, and the share of profiled CPU time under batch norm's double backward and under
-``aten::_convolution_double_backward`` (every convolution's; the grouped ones loop over groups).
+``aten::_convolution_double_backward`` (every convolution's; the grouped ones loop over groups);
+and the fast meta-gradient's time by phase, next to a plain forward/backward of the meta-train batch.
 
     python benchmarks/double_backward_profile.py
 
@@ -89,9 +90,37 @@ def main() -> None:
         }
     ratios = [a / b for a, b in zip(seconds["pytorch double backward"], seconds["dgmeta fast double backward"])]
     report["speedup_median_per_round"] = round(statistics.median(ratios), 3)
+    report["phases_fast_seconds_median"] = phase_times(gradient, learner, train, test, args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+
+
+def phase_times(gradient, learner, train, test, rounds: int) -> dict[str, float]:
+    """Where one fast second-order meta-gradient's time goes, next to a plain (no-graph) forward and
+    backward of the same meta-train batch, which is what first order and ordinary training do."""
+    stage = learner.stages()[0].name
+    times: dict[str, list[float]] = {}
+
+    def clock(name: str, start: float) -> float:
+        now = time.perf_counter()
+        times.setdefault(name, []).append(now - start)
+        return now
+
+    for _ in range(rounds + 1):
+        theta, buffers = gradient.trainable_params(learner), gradient.scratch_buffers(learner)
+        start = time.perf_counter()
+        loss = gradient.evaluate_objective(learner, theta, buffers, train, stage, 0.1).loss
+        torch.autograd.grad(loss, list(theta.values()), allow_unused=True)
+        start = clock("plain forward + backward, meta-train batch", start)
+        with gradient.fast_double_backward():
+            adapted = gradient.inner_adapt(learner, theta, train, 0.1, 0.01, 1, True, buffers)
+        start = clock("inner step: forward + backward keeping its graph", start)
+        val_loss = gradient.prediction_loss(learner, adapted.params, buffers, test)
+        start = clock("meta-test forward", start)
+        torch.autograd.grad(val_loss, list(theta.values()), allow_unused=True)
+        clock("meta-test backward through the inner graph (double backward)", start)
+    return {name: round(statistics.median(values[1:]), 3) for name, values in times.items()}
 
 
 if __name__ == "__main__":

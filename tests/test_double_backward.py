@@ -52,23 +52,29 @@ def test_grouped_conv_gradients_of_every_order_match_pytorch(spec):
     assert "GroupedConv2dBackward" in node_types(model, x)
 
 
-@pytest.mark.parametrize("affine", [True, False])
+NORM_OPTIONS = {"affine": dict(affine=True), "no affine": dict(affine=False), "no running stats": dict(track_running_stats=False),
+                "cumulative average": dict(momentum=None)}
+
+
+@pytest.mark.parametrize("options", NORM_OPTIONS.values(), ids=list(NORM_OPTIONS))
 @pytest.mark.parametrize("shape", [(4, 3, 5, 6), (7, 3)], ids=["2d", "1d"])
-def test_batch_norm_gradients_of_every_order_and_running_stats_match_pytorch(affine, shape):
+def test_batch_norm_gradients_of_every_order_and_running_stats_match_pytorch(options, shape):
     torch.manual_seed(0)
-    norm = nn.BatchNorm2d(3, affine=affine) if len(shape) == 4 else nn.BatchNorm1d(3, affine=affine)
+    affine = options.get("affine", True)
+    norm = nn.BatchNorm2d(3, **options) if len(shape) == 4 else nn.BatchNorm1d(3, **options)
     model = nn.Sequential(nn.Linear(shape[-1], shape[-1]), norm, nn.Softplus()).double()
     if affine:
         with torch.no_grad():
             norm.weight.uniform_(0.5, 2.0), norm.bias.uniform_(-1, 1)
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True) * 3 + 1
     stock = first_and_second_order(model, x, False)
-    stats_stock = (norm.running_mean.clone(), norm.running_var.clone())
+    stats_stock = [t.clone() for t in norm.buffers()]
     norm.reset_running_stats()
     fast = first_and_second_order(model, x, True)
     for a, b in zip(stock, fast):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close((norm.running_mean, norm.running_var), stats_stock)
+    assert len(stats_stock) == (3 if norm.track_running_stats else 0)
+    torch.testing.assert_close(list(norm.buffers()), stats_stock)
     assert "BatchNormBatchStatsBackward" in node_types(model, x)
 
 

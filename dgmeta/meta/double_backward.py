@@ -10,7 +10,7 @@ pass, and three of PyTorch's double backwards are slow on CPU:
   is a composite too instead of the fused kernel;
 * a 1x1 convolution's double backward convolves transposed copies of the activations.
 
-On EfficientNet-Lite0 the first two took 47% and 31% of a second-order meta-gradient's CPU time
+On EfficientNet-Lite0 the first two took 48% and 29% of a second-order meta-gradient's CPU time
 (9,187 convolution calls for one meta-gradient; ``benchmarks/double_backward_profile.py``).
 
 :class:`fast_double_backward` is a context in which
@@ -200,7 +200,7 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 def pointwise_conv_as_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """A 1x1 convolution of a channels-last ``x`` as a matrix product over its channel axis: the
     same values, and a double backward of plain matrix products instead of convolutions over
-    transposed, copied activations (1.6-2x faster on EfficientNet's 1x1 layers)."""
+    transposed, copied activations."""
     out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)
     return out.permute(0, 3, 1, 2)
 
@@ -225,21 +225,21 @@ _BATCH_NORM_DEFAULTS = {"weight": None, "bias": None, "training": False, "moment
 
 
 class fast_double_backward(TorchFunctionMode):
-    """Context: grouped ``conv2d`` and training ``batch_norm`` get a fast second derivative (see the module)."""
+    """Context: grouped and 1x1 ``conv2d`` and training ``batch_norm`` get a fast second derivative (see the module)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None) -> Any:
         kwargs = kwargs or {}
         if func is torch.conv2d:
             call = {**_CONV2D_DEFAULTS, **dict(zip(_CONV2D_ARGS, args)), **kwargs}
             x, weight = call["input"], call["weight"]
-            if _is_pointwise(call) and torch.is_grad_enabled():
+            differentiable = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+            if differentiable and _is_pointwise(call):
                 return pointwise_conv_as_linear(x, weight, call["bias"])
             if (
-                call["groups"] > 1
+                differentiable
+                and call["groups"] > 1
                 and not isinstance(call["padding"], str)  # "same"/"valid": left to PyTorch
                 and x.dim() == 4
-                and torch.is_grad_enabled()
-                and (x.requires_grad or weight.requires_grad)
             ):
                 return GroupedConv2d.apply(
                     x, weight, call["bias"], _pair(call["stride"]), _pair(call["padding"]), _pair(call["dilation"]), call["groups"]
