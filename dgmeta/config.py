@@ -9,9 +9,10 @@ from typing import Any
 
 from dgmeta.errors import ConfigError
 from dgmeta.training.allocator import check_memory_mode
+from dgmeta.training.averaging import check_average
 
 # Fields that do not change what is computed are left out of the hash.
-_NOT_HASHED = {"tracking_uri", "experiment", "quiet", "data_root", "cache_dir", "run_name", "targets", "seeds", "fewshot", "resume", "checkpoint_every", "nproc", "cache", "memory"}
+_NOT_HASHED = {"tracking_uri", "experiment", "quiet", "data_root", "cache_dir", "run_name", "targets", "seeds", "fewshot", "resume", "checkpoint_every", "nproc", "cache", "memory", "test_every_eval"}
 
 
 @dataclass
@@ -22,14 +23,14 @@ class RunConfig:
     protocol: str | None = None  # None: the learner's default (dg for erm/jigen, msda for dann/mcd)
     targets: list[str] | None = None  # None: every domain in turn
     seeds: list[int] = field(default_factory=lambda: [0])
-    steps: int = 300
-    batch_size: int = 32  # per source domain
-    image_size: int = 128
+    steps: int = 600
+    batch_size: int = 16  # per source domain
+    image_size: int = 224  # evaluation (and decoding) size
     backbone: str = "tf_efficientnet_lite0"
     weights: str = "imagenet"
     split: str = "official"
     shots: int = 3  # labelled target images per class under ssda
-    eval_every: int = 100
+    eval_every: int = 60
     hparams: dict[str, Any] = field(default_factory=dict)  # overrides of the registry defaults
     data_root: str | None = None
     cache_dir: str | None = None
@@ -44,6 +45,9 @@ class RunConfig:
     nproc: int = 1  # data-parallel processes (dgmeta.training.distributed); batch_size stays per process
     cache: str = "auto"  # decoded images: disk (memmap cache) | stream (decode on the fly) | auto (dgmeta.data.streaming)
     memory: str = "lean"  # lean | fast: what the process does with freed memory (dgmeta.training.allocator)
+    train_image_size: int | None = None  # None: 0.8 x image_size (FixRes: train below the test size)
+    average: str = "swad"  # none | ema | swad: the weights the run reports (dgmeta.training.averaging)
+    test_every_eval: bool = False  # True: evaluate the target at every checkpoint too (logs the oracle; slower)
     run_name: str | None = None
     quiet: bool = False
 
@@ -66,11 +70,24 @@ class RunConfig:
         if self.cache not in ("auto", "disk", "stream"):
             raise ConfigError(f"unknown --cache {self.cache!r}", "choose auto, disk or stream")
         check_memory_mode(self.memory)
+        check_average(self.average)
+        if self.train_image_size is not None and (not isinstance(self.train_image_size, int) or not 16 <= self.train_image_size <= self.image_size):
+            raise ConfigError(
+                f"--train-image-size {self.train_image_size} must lie in 16..--image-size ({self.image_size})",
+                f"pass e.g. --train-image-size {max(16, self.image_size * 3 // 4)}, or leave it out to train at --image-size",
+            )
         if not isinstance(self.nproc, int) or self.nproc < 1:
             raise ConfigError(f"--nproc must be a positive integer, got {self.nproc}", "pass e.g. --nproc 2")
         if self.shots <= 0:
             raise ConfigError(f"--shots must be positive, got {self.shots}", "pass e.g. --shots 3")
         return self
+
+    @property
+    def effective_train_size(self) -> int:
+        """The training crop size: ``train_image_size``, else 0.8 x ``image_size`` in multiples of 8."""
+        if self.train_image_size is not None:
+            return self.train_image_size
+        return max(16, int(round(self.image_size * 0.8 / 8)) * 8)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,7 +17,7 @@ Draw = Callable[[np.random.RandomState], Any]
 
 # name -> (default, random draw, help)
 _COMMON: dict[str, tuple[Any, Draw, str]] = {
-    "lr": (0.01, lambda r: float(10 ** r.uniform(-3, -1.5)), "SGD learning rate of the backbone"),
+    "lr": (1e-4, lambda r: float(10 ** r.uniform(-4.5, -3.3)), "learning rate of the backbone (for --set optimizer=sgd use about 0.01)"),
     "head_lr_mult": (10.0, lambda r: float(r.choice([1.0, 10.0])), "learning-rate multiplier for heads trained from scratch"),
     "momentum": (0.9, lambda r: 0.9, "SGD momentum (Nesterov)"),
     "weight_decay": (5e-4, lambda r: float(10 ** r.uniform(-6, -3)), "L2 weight decay"),
@@ -25,6 +25,13 @@ _COMMON: dict[str, tuple[Any, Draw, str]] = {
     "warmup_steps": (0, lambda r: 0, "linear warm-up steps"),
     "grad_clip": (0.0, lambda r: 0.0, "clip the gradient norm (0: off)"),
     "dropout": (0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])), "dropout before the classifier"),
+    "optimizer": ("adam", lambda r: "adam", "adam (AdamW, DomainBed's fine-tuning choice) | sgd (Nesterov momentum)"),
+    "freeze_bn": (True, lambda r: bool(r.choice([True, False])), "batch norm keeps its ImageNet statistics (DomainBed freezes it)"),
+    "freeze_levels": (2, lambda r: int(r.choice([0, 1, 2, 3])), "feature levels of the backbone left untrained (2: everything up to stride 4)"),
+    "ema_decay": (0.995, lambda r: float(r.choice([0.99, 0.995, 0.999])), "decay of --average ema"),
+    "swad_converge": (3, lambda r: 3, "SWAD: evaluations whose first is lowest to start averaging"),
+    "swad_tolerance": (6, lambda r: 6, "SWAD: evaluations above the tolerance that end averaging"),
+    "swad_tolerance_ratio": (0.3, lambda r: 0.3, "SWAD: loss up to (1 + ratio) x the lowest stays in the region"),
     "augment": ("standard", lambda r: "standard", "standard | none: batched random-resized-crop, flip, colour jitter"),
 }
 

@@ -37,6 +37,9 @@ def run(
     nproc: Optional[int] = typer.Option(None, "--nproc", help="data-parallel processes on this machine, launched through torchrun; --batch-size stays per process [1]"),
     cache: Optional[str] = typer.Option(None, "--cache", help="auto | disk | stream: decoded-image cache on disk, or decode on the fly (auto: stream lists over 50k images) [auto]"),
     memory: Optional[str] = typer.Option(None, "--memory", help="lean | fast: return freed memory to the OS, or keep it for the next step (faster on CPU, a few hundred MiB more) [lean]"),
+    train_image_size: Optional[int] = typer.Option(None, "--train-image-size", help="train at this size, test at --image-size (FixRes) [= --image-size]"),
+    average: Optional[str] = typer.Option(None, "--average", help="none | ema | swad: the weights the run evaluates, selects and saves [none]"),
+    test_every_eval: bool = typer.Option(False, "--test-every-eval", help="also evaluate the target at every checkpoint (logs the oracle; slower)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="hyperparameter override key=value (repeatable)"),
     config: Optional[str] = typer.Option(None, "--config", help="pipeline spec (pipelines/*.yaml); options override it"),
     fewshot: bool = typer.Option(False, "--fewshot", help="run the few-shot stage on each target after training"),
@@ -54,12 +57,15 @@ def run(
         "cache_dir": cache_dir, "experiment": experiment, "tracking_uri": tracking_uri, "precision": precision,
         "checkpoint_every": checkpoint_every, "resume": resume,
         "nproc": nproc, "cache": cache, "memory": memory,
+        "train_image_size": train_image_size, "average": average,
     }
     given = {k: v for k, v in options.items() if v is not None}
     if deterministic:
         given["deterministic"] = True
     if quiet:
         given["quiet"] = True
+    if test_every_eval:
+        given["test_every_eval"] = True
 
     if config is not None:
         from dgmeta.orchestration.spec import load_pipeline, run_pipeline

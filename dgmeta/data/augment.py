@@ -45,7 +45,7 @@ def _gray(x: Tensor) -> Tensor:
     return (x * weights).sum(dim=1, keepdim=True)
 
 
-def _crop_and_flip(x: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> Tensor:
+def _crop_and_flip(x: Tensor, cfg: AugmentConfig, generator: torch.Generator, size: int | None = None) -> Tensor:
     n = x.shape[0]
     area = _uniform(n, *cfg.scale, generator)
     log_ratio = _uniform(n, math.log(cfg.ratio[0]), math.log(cfg.ratio[1]), generator)
@@ -61,7 +61,8 @@ def _crop_and_flip(x: Tensor, cfg: AugmentConfig, generator: torch.Generator) ->
     theta[:, 1, 1] = height
     theta[:, 1, 2] = centre_y
     theta = theta.to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out_shape = [n, x.shape[1], size or x.shape[2], size or x.shape[3]]
+    grid = F.affine_grid(theta, out_shape, align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -105,11 +106,22 @@ def _colour(x: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> Tensor
     return x
 
 
-def augment_batch(x: Tensor, generator: torch.Generator, config: AugmentConfig | None = None) -> Tensor:
-    """Random resized crop + horizontal flip + colour jitter + random grayscale of a float [0,1] NCHW batch."""
+def augment_batch(x: Tensor, generator: torch.Generator, config: AugmentConfig | None = None, size: int | None = None) -> Tensor:
+    """Random resized crop + horizontal flip + colour jitter + random grayscale of a float [0,1] NCHW batch.
+
+    ``size``: side of the output crops (default: the input's); training below the test resolution
+    this way costs one resampling, the crop's own.
+    """
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"augment_batch expects [N, 3, H, W] images, got shape {tuple(x.shape)}")
     cfg = config or AugmentConfig()
     if x.shape[0] == 0:
         return x
-    return _colour(_crop_and_flip(x, cfg, generator), cfg, generator)
+    return _colour(_crop_and_flip(x, cfg, generator, size), cfg, generator)
+
+
+def resize_batch(x: Tensor, size: int) -> Tensor:
+    """Un-augmented batch at ``size`` pixels (antialiased when shrinking, like a decoder's resize)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])

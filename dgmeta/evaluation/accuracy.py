@@ -59,3 +59,23 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         return float("nan")
     return float((pred == labels).mean())
+
+
+@torch.no_grad()
+def predict_with_loss(model: nn.Module, images: np.ndarray, labels: np.ndarray, precision: str = "fp32", batch_size: int = EVAL_BATCH_SIZE) -> tuple[np.ndarray, float]:
+    """Predicted classes and the mean cross-entropy over ``images`` (NaN for none)."""
+    was_training = model.training
+    model.eval()
+    preds, total = [], 0.0
+    try:
+        for start in range(0, len(images), batch_size):
+            x = to_float_images(torch.from_numpy(np.array(images[start : start + batch_size])))
+            y = torch.as_tensor(np.asarray(labels[start : start + batch_size]), dtype=torch.long)
+            with precision_context(precision):
+                logits = model(x).float()
+            total += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            preds.append(logits.argmax(1))
+    finally:
+        model.train(was_training)
+    pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+    return pred, (total / len(labels) if len(labels) else float("nan"))

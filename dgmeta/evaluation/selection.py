@@ -18,7 +18,9 @@ SELECTION_RULE = "training_domain_validation"
 class Checkpoint:
     step: int
     val: dict[str, float]  # source domain -> validation accuracy
-    test: dict[str, float]  # target domain -> test accuracy
+    test: dict[str, float]  # target domain -> test accuracy ({} when the target was not evaluated)
+    val_loss: dict[str, float] = field(default_factory=dict)  # source domain -> validation cross-entropy
+    weights: str = "live"  # live | ema | swad: which weights were evaluated
 
     @property
     def val_mean(self) -> float:
@@ -28,6 +30,8 @@ class Checkpoint:
 @dataclass
 class SelectionHistory:
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    #: set by a weight average chosen on source validation (SWAD): it is the selected model
+    final: Checkpoint | None = None
 
     def add(self, checkpoint: Checkpoint) -> bool:
         """Record a checkpoint; True when it is the new selected one."""
@@ -36,15 +40,23 @@ class SelectionHistory:
         return best is None or checkpoint.val_mean > best.val_mean
 
     def selected(self) -> Checkpoint | None:
+        if self.final is not None:
+            return self.final
+        return self.selected_live()
+
+    def selected_live(self) -> Checkpoint | None:
+        """The best checkpoint by source validation among those evaluated during training."""
         if not self.checkpoints:
             return None
         # Ties go to the earlier checkpoint: later ones gained nothing on validation.
         return max(self.checkpoints, key=lambda c: (c.val_mean, -c.step))
 
     def oracle(self) -> Checkpoint | None:
-        if not self.checkpoints:
+        """Best target accuracy; None unless the target was evaluated at every checkpoint."""
+        if not self.checkpoints or any(not c.test for c in self.checkpoints):
             return None
         return max(self.checkpoints, key=lambda c: (sum(c.test.values()), -c.step))
 
     def to_dict(self) -> list[dict]:
-        return [{"step": c.step, "val": c.val, "test": c.test, "val_mean": c.val_mean} for c in self.checkpoints]
+        rows = self.checkpoints + ([self.final] if self.final is not None else [])
+        return [{"step": c.step, "val": c.val, "test": c.test, "val_mean": c.val_mean, "val_loss": c.val_loss, "weights": c.weights} for c in rows]

@@ -123,6 +123,9 @@ class PipelineSpec(_Section):
     eval_every: int | None = Field(None, gt=0)
     precision: Literal["fp32", "bf16"] | None = None
     memory: Literal["lean", "fast"] | None = None
+    train_image_size: int | None = Field(None, ge=16)
+    average: Literal["none", "ema", "swad"] | None = None
+    test_every_eval: bool | None = None
     experiment: str | None = None
     tracking_uri: str | None = None
     data_root: str | None = None

@@ -41,6 +41,9 @@ class RunResult:
     oracle_test_acc: float = float("nan")
     images_per_second: float = 0.0
     data_wait_fraction: float = 0.0
+    #: target accuracy of the best live checkpoint by source validation (differs from test_acc
+    #: when a weight average is the reported model)
+    live_test_acc: float = float("nan")
 
 
 @dataclass
@@ -238,6 +241,8 @@ def run_job(
     from dgmeta.training.resume import missing_params, reopen
     from dgmeta.training.signals import RunInterrupted
     from dgmeta.meta import total_calls
+    from dgmeta.models.freezing import freeze_early_levels
+    from dgmeta.training.averaging import create_averager
     from dgmeta.training.trainer import BatchSource, Trainer
 
     if existing is not None and existing.info.status == "FINISHED":
@@ -258,6 +263,7 @@ def run_job(
             data = prepare_job_data(dataset, target, plan.protocol, config.image_size, config.cache_dir, config.shots, seed, not config.quiet and dist.is_main, config.cache)
         num_sources = len(data.sources)
         network = create_network(config.backbone, len(dataset.classes), config.weights, float(plan.hparams.get("dropout", 0.0)), config.channels_last)
+        freeze_early_levels(network.featurizer.body, int(plan.hparams["freeze_levels"]))
         context = LearnerContext(
             num_classes=len(dataset.classes),
             num_domains=num_sources + (1 if data.target_shots is not None else 0),
@@ -270,7 +276,7 @@ def run_job(
         child.log_params(missing_params(existing, flat_params(config, plan.hparams, target=target, seed=seed, protocol=plan.protocol, split_kind=dataset.split_kind, world_size=dist.world_size)))
         if data.shot_files:
             child.log_text("\n".join(data.shot_files), "ssda_labelled_shots.txt")
-        batches = BatchSource(data, config.batch_size, seed, augment=plan.hparams.get("augment", "standard") != "none", dist=dist)
+        batches = BatchSource(data, config.batch_size, seed, augment=plan.hparams.get("augment", "standard") != "none", dist=dist, train_size=config.effective_train_size)
         trainer = Trainer(
             learner, stepper, data, batches, total_calls(stepper), config.eval_every, config.precision,
             on_metrics=child.log_metrics, progress=not config.quiet and dist.is_main,
@@ -279,6 +285,9 @@ def run_job(
             checkpoint_every=config.checkpoint_every,
             on_checkpoint=_checkpoint_writer(checkpoint, child, parent) if checkpoint is not None else None,
             stop=stop,
+            averager=create_averager(config.average, plan.hparams),
+            test_every_eval=config.test_every_eval,
+            recompute_bn=not plan.hparams["freeze_bn"],
         )
         if checkpoint is not None:
             child.set_tags({"dgmeta.checkpoint": str(checkpoint.path)})
@@ -288,12 +297,14 @@ def run_job(
         learner.load_state_dict(outcome.selected_state)
         selected = outcome.history.selected()
         oracle = outcome.history.oracle()
+        oracle_acc = oracle.test[target] if oracle is not None else float("nan")
         test_acc = selected.test[target]
         final = {
             "test_acc": test_acc,
             "val_acc": selected.val_mean,
             "selected_step": selected.step,
-            "oracle_test_acc": oracle.test[target],
+            "oracle_test_acc": oracle_acc,
+            "live_test_acc": (outcome.history.selected_live().test or {}).get(target, float("nan")),
             "perf.images_per_second": outcome.images_per_second,
             "perf.data_wait_fraction": outcome.data_wait_fraction,
             "perf.train_seconds": outcome.seconds,
@@ -307,7 +318,7 @@ def run_job(
             checkpoint.discard()
         return RunResult(
             target, seed, child.run_id, test_acc, selected.step, selected.val_mean, per_domain,
-            model_path, oracle.test[target], outcome.images_per_second, outcome.data_wait_fraction,
+            model_path, oracle_acc, outcome.images_per_second, outcome.data_wait_fraction, final["live_test_acc"],
         )
     except (KeyboardInterrupt, RunInterrupted):
         child.set_tags({"dgmeta.error": "interrupted"})
@@ -347,10 +358,11 @@ def finished_result(tracking, run, target: str, seed: int) -> RunResult:
     out = tempfile.mkdtemp(prefix="dgmeta-resume-")
     results = json.loads(Path(tracking.client.download_artifacts(run_id, "results.json", out)).read_text())
     model_path = Path(tracking.client.download_artifacts(run_id, "model/network.pt", out))
-    selected = next(c for c in results["checkpoints"] if c["step"] == results["selected_step"])
+    weights = results.get("weights", "live")
+    selected = next(c for c in results["checkpoints"] if c["step"] == results["selected_step"] and c.get("weights", "live") == weights)
     return RunResult(
         target, seed, run_id, results["test_acc"], results["selected_step"], selected["val_mean"], results["per_domain"],
-        model_path, results["oracle_test_acc"], results["images_per_second"], results["data_wait_fraction"],
+        model_path, float("nan") if results["oracle_test_acc"] is None else results["oracle_test_acc"], results["images_per_second"], results["data_wait_fraction"],
     )
 
 
@@ -371,7 +383,8 @@ def _log_artifacts(child, config, plan, learner, data, outcome, target, seed, pe
         "per_domain": per_domain,
         "checkpoints": outcome.history.to_dict(),
         "oracle_test_acc_label": "oracle (selected on the target; never reported as test_acc)",
-        "oracle_test_acc": outcome.history.oracle().test[target],
+        "oracle_test_acc": outcome.history.oracle().test[target] if outcome.history.oracle() is not None else None,
+        "weights": outcome.history.selected().weights,
         "images_per_second": outcome.images_per_second,
         "data_wait_fraction": outcome.data_wait_fraction,
     }

@@ -14,8 +14,23 @@ from typing import Callable
 import torch
 from torch import nn
 
-from dgmeta.errors import TrainingError
+from dgmeta.errors import ConfigError, TrainingError
 from dgmeta.learners.base import Batch, Learner, Stage
+from dgmeta.models.freezing import batchnorm_eval
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(name: str, groups: list[dict], lr: float, hparams: dict) -> torch.optim.Optimizer:
+    """``adam`` (DomainBed's choice for fine-tuning a pretrained backbone; ``weight_decay`` as
+    decoupled AdamW decay) or ``sgd`` (Nesterov momentum)."""
+    weight_decay = float(hparams.get("weight_decay", 0.0))
+    if name == "adam":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        momentum = float(hparams.get("momentum", 0.9))
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r}", f"use --set optimizer={' or optimizer='.join(OPTIMIZERS)}")
 
 
 def learning_rate_factor(schedule: str, progress: float, step: int, warmup_steps: int) -> float:
@@ -50,13 +65,7 @@ class StageStepper:
             if params:
                 group_lr = lr * head_mult if module_name in heads else lr
                 groups.append({"params": params, "lr": group_lr, "initial_lr": group_lr, "name": module_name})
-        return torch.optim.SGD(
-            groups,
-            lr=lr,
-            momentum=float(self.hparams.get("momentum", 0.9)),
-            nesterov=float(self.hparams.get("momentum", 0.9)) > 0,
-            weight_decay=float(self.hparams.get("weight_decay", 0.0)),
-        )
+        return make_optimizer(str(self.hparams.get("optimizer", "sgd")), groups, lr, self.hparams)
 
     # -- the step ----------------------------------------------------------------------
     def progress(self) -> float:
@@ -77,6 +86,8 @@ class StageStepper:
         """One training iteration over all stages; returns the logged loss terms."""
         p = self.progress() if progress is None else progress
         self.learner.train()
+        if self.hparams.get("freeze_bn", False):
+            batchnorm_eval(self.learner)
         self._set_learning_rates()
         logs: dict[str, float] = {}
         for index, stage in enumerate(self.stages):

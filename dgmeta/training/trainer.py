@@ -20,12 +20,13 @@ from typing import Callable
 
 import torch
 
-from dgmeta.evaluation.accuracy import accuracy, precision_context, predict_array, to_float_images
+from dgmeta.evaluation.accuracy import accuracy, precision_context, predict_array, predict_with_loss, to_float_images
 from dgmeta.errors import TrainingError
 from dgmeta.evaluation.selection import Checkpoint, SelectionHistory
 from dgmeta.learners.base import Batch, Learner
 from dgmeta.training.checkpointing import capture_rng, first_non_finite, non_finite_error, restore_rng
 from dgmeta.training.data import JobData
+from dgmeta.training.averaging import SWAD, Averager, recompute_batchnorm
 from dgmeta.training.signals import StopRequests
 from dgmeta.training.stepper import StageStepper
 
@@ -43,7 +44,7 @@ class TrainOutcome:
 class BatchSource:
     """Draws one step's batch: ``batch_size`` images from every source (and the target)."""
 
-    def __init__(self, data: JobData, batch_size: int, seed: int, augment: bool, dist=None):
+    def __init__(self, data: JobData, batch_size: int, seed: int, augment: bool, dist=None, train_size: int | None = None):
         from dgmeta.data import augment_batch
         from dgmeta.training.distributed import SINGLE, make_batches
 
@@ -51,6 +52,7 @@ class BatchSource:
         dist = dist or SINGLE
         batches = lambda d, size, seed: make_batches(d.images, d.labels, size, seed, dist)  # noqa: E731
         self._augment = augment_batch if augment else None
+        self.train_size = train_size  # None: the decoded size
         self.generator = torch.Generator().manual_seed(seed + 7919 * dist.rank)
         self.sources = [batches(d, batch_size, seed * 1000 + i) for i, d in enumerate(data.train)]
         self.shots = None
@@ -61,8 +63,12 @@ class BatchSource:
             self.target = batches(data.target_unlabelled, batch_size, seed * 1000 + 901)
 
     def _prepare(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        from dgmeta.data.augment import resize_batch
+
         x = to_float_images(x_uint8)
-        return self._augment(x, self.generator) if self._augment is not None else x
+        if self._augment is not None:
+            return self._augment(x, self.generator, size=self.train_size)
+        return resize_batch(x, self.train_size) if self.train_size else x
 
     def next(self) -> Batch:
         xs, ys, ds = [], [], []
@@ -94,13 +100,23 @@ class BatchSource:
             self.target.load_state_dict(state["target"])
 
 
-def evaluate(learner: Learner, data: JobData, precision: str) -> Checkpoint:
-    val = {}
+def evaluate(learner: Learner, data: JobData, precision: str, with_test: bool = True) -> Checkpoint:
+    """Accuracy (and cross-entropy) on every source's validation split, and on the target's test
+    split unless ``with_test`` is False."""
+    val, val_loss = {}, {}
     for name, arrays in zip(data.sources, data.val):
-        pred, _ = predict_array(learner, arrays.images, precision=precision)
+        pred, val_loss[name] = predict_with_loss(learner, arrays.images, arrays.labels, precision=precision)
         val[name] = accuracy(pred, arrays.labels)
+    test = {}
+    if with_test:
+        pred, _ = predict_array(learner, data.test.images, precision=precision)
+        test = {data.target: accuracy(pred, data.test.labels)}
+    return Checkpoint(step=0, val=val, test=test, val_loss=val_loss)
+
+
+def evaluate_test(learner: Learner, data: JobData, precision: str) -> dict[str, float]:
     pred, _ = predict_array(learner, data.test.images, precision=precision)
-    return Checkpoint(step=0, val=val, test={data.target: accuracy(pred, data.test.labels)})
+    return {data.target: accuracy(pred, data.test.labels)}
 
 
 class Trainer:
@@ -120,6 +136,9 @@ class Trainer:
         checkpoint_every: int = 0,
         on_checkpoint: Callable[[int, dict], None] | None = None,
         stop: StopRequests | None = None,
+        averager: Averager | None = None,
+        test_every_eval: bool = True,
+        recompute_bn: bool = False,
     ):
         self.learner = learner
         self.stepper = stepper
@@ -135,7 +154,11 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
         self.stop = stop or StopRequests()
         self.last_checkpoint_step: int | None = None
-        self.evaluate_fn = evaluate_fn or evaluate  # sharded under DDP: dgmeta.training.distributed
+        self.evaluate_fn = evaluate_fn  # sharded under DDP: dgmeta.training.distributed
+        self.averager = averager or Averager()
+        # False: the target is evaluated once, for the selected model (no oracle; much cheaper)
+        self.test_every_eval = test_every_eval or evaluate_fn is not None
+        self.recompute_bn = recompute_bn  # batch norm was trained: re-estimate it for averaged weights
         self.history = SelectionHistory()
         self.selected_state: dict[str, torch.Tensor] | None = None
         self.losses: dict[str, list[tuple[int, float]]] = {}
@@ -144,15 +167,78 @@ class Trainer:
         self.data_seconds = 0.0
         self.images_seen = 0
 
+    def _evaluate_now(self) -> Checkpoint:
+        if self.evaluate_fn is not None:
+            return self.evaluate_fn(self.learner, self.data, self.precision)
+        return evaluate(self.learner, self.data, self.precision, with_test=self.test_every_eval)
+
     def _evaluate(self, step: int) -> None:
-        checkpoint = self.evaluate_fn(self.learner, self.data, self.precision)
+        if isinstance(self.averager, SWAD):  # the live weights' validation loss finds the region
+            checkpoint = self._evaluate_now()
+            if checkpoint.val_loss:
+                self.averager.observe(step, sum(checkpoint.val_loss.values()) / len(checkpoint.val_loss))
+        else:
+            with self._averaged_weights() as weights:
+                checkpoint = self._evaluate_now()
+                checkpoint.weights = weights
+                checkpoint.step = step
+                if self.history.add(checkpoint):
+                    self.selected_state = copy.deepcopy(self.learner.state_dict())
         checkpoint.step = step
-        if self.history.add(checkpoint):
+        if isinstance(self.averager, SWAD) and self.history.add(checkpoint):
             self.selected_state = copy.deepcopy(self.learner.state_dict())
-        metrics = {f"acc.{d}.val": a for d, a in checkpoint.val.items()}
-        metrics.update({f"acc.{d}.test": a for d, a in checkpoint.test.items()})
-        metrics["val_acc"] = checkpoint.val_mean
+        self._log_checkpoint(checkpoint, step)
+
+    def _log_checkpoint(self, checkpoint: Checkpoint, step: int, prefix: str = "") -> None:
+        metrics = {f"{prefix}acc.{d}.val": a for d, a in checkpoint.val.items()}
+        metrics.update({f"{prefix}acc.{d}.test": a for d, a in checkpoint.test.items()})
+        metrics[f"{prefix}val_acc"] = checkpoint.val_mean
+        if checkpoint.val_loss:
+            metrics[f"{prefix}val_loss"] = sum(checkpoint.val_loss.values()) / len(checkpoint.val_loss)
         self.on_metrics(metrics, step)
+
+    def _averaged_weights(self):
+        """Context: the averaged weights (EMA) loaded for the duration, the live ones after."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def swap():
+            averaged = self.averager.averaged_state(self.learner)
+            if averaged is None:
+                yield "live"
+                return
+            live = copy.deepcopy(self.learner.state_dict())
+            self.learner.load_state_dict(averaged, strict=False)
+            try:
+                yield self.averager.name
+            finally:
+                self.learner.load_state_dict(live)
+
+        return swap()
+
+    def _finish(self) -> None:
+        """The selected checkpoint gets its target accuracy if it was not evaluated along the way;
+        under SWAD the dense average over its region then becomes the selected model (the best live
+        checkpoint stays in the history, evaluated, for the paired comparison)."""
+        selected = self.history.selected()
+        if selected is not None and not selected.test and self.selected_state is not None:
+            live = copy.deepcopy(self.learner.state_dict())
+            self.learner.load_state_dict(self.selected_state)
+            selected.test = evaluate_test(self.learner, self.data, self.precision)
+            self.learner.load_state_dict(live)
+        if not isinstance(self.averager, SWAD):
+            return
+        averaged = self.averager.averaged_state(self.learner)
+        if averaged is None:
+            return
+        self.learner.load_state_dict(averaged, strict=False)
+        if self.recompute_bn:
+            recompute_batchnorm(self.learner, (self.batches.next().x for _ in range(8)), self.learner.predict)
+        checkpoint = evaluate(self.learner, self.data, self.precision, with_test=True)
+        checkpoint.step, checkpoint.weights = self.steps, "swad"
+        self.history.final = checkpoint
+        self.selected_state = copy.deepcopy(self.learner.state_dict())
+        self._log_checkpoint(checkpoint, self.steps, prefix="swad.")
 
     def fit(self) -> TrainOutcome:
         from dgmeta.training.progress import StepProgress
@@ -169,6 +255,7 @@ class Trainer:
                 self.data_seconds += t1 - t0
                 self.step_seconds += t2 - t1
                 self.images_seen += len(batch)
+                self.averager.update(self.learner, step + 1)
                 for name, value in logs.items():
                     self.losses.setdefault(name, []).append((step + 1, value))
                 self.on_metrics({f"train.{k}": v for k, v in logs.items()}, step + 1)
@@ -179,6 +266,7 @@ class Trainer:
                 if self.stop.requested or self._checkpoint_due(step + 1, evaluated):
                     self._checkpoint(step + 1)
                 self.stop.raise_if_requested(step + 1, checkpointed=self.last_checkpoint_step == step + 1)
+        self._finish()
         total = self.data_seconds + self.step_seconds
         return TrainOutcome(
             history=self.history,
@@ -225,7 +313,8 @@ class Trainer:
             "stepper": self.stepper.state_dict(),
             "batches": self.batches.state_dict(),
             "rng": capture_rng(),
-            "history": [{"step": c.step, "val": c.val, "test": c.test} for c in self.history.checkpoints],
+            "history": [{"step": c.step, "val": c.val, "test": c.test, "val_loss": c.val_loss, "weights": c.weights} for c in self.history.checkpoints],
+            "averager": self.averager.state_dict(),
             "selected_state": self.selected_state,
             "losses": {name: [[s, v] for s, v in values] for name, values in self.losses.items()},
             "timing": {"step_seconds": self.step_seconds, "data_seconds": self.data_seconds, "images_seen": self.images_seen},
@@ -237,7 +326,11 @@ class Trainer:
         self.stepper.load_state_dict(state["stepper"])
         self.batches.load_state_dict(state["batches"])
         restore_rng(state["rng"])
-        self.history = SelectionHistory([Checkpoint(c["step"], dict(c["val"]), dict(c["test"])) for c in state["history"]])
+        self.history = SelectionHistory([
+            Checkpoint(c["step"], dict(c["val"]), dict(c["test"]), dict(c.get("val_loss", {})), c.get("weights", "live"))
+            for c in state["history"]
+        ])
+        self.averager.load_state_dict(state.get("averager", {}))
         self.selected_state = state["selected_state"]
         self.losses = {name: [(int(s), float(v)) for s, v in values] for name, values in state["losses"].items()}
         timing = state["timing"]

@@ -1,0 +1,217 @@
+"""Recipes x PACS targets x seeds, one (recipe, target, seed) job per child process, resumable.
+
+Each finished job appends one JSON line to ``--out`` (target, seed, test_acc, the best live
+checkpoint's test_acc, val_acc, seconds, peak RSS, MLflow run id) as soon as it lands; a restarted
+grid skips the jobs already there and continues an interrupted one from its checkpoint
+(``--resume auto``). ``--table`` renders the file as Markdown (mean ± 95% CI over seeds, t
+distribution) and prints paired differences between recipes on shared (target, seed) pairs.
+
+    python benchmarks/accuracy/recipe_grid.py --recipes default --targets art_painting,cartoon,photo,sketch \\
+        --seeds 0,1,2 --out benchmarks/results/accuracy/erm_default.jsonl
+    python benchmarks/accuracy/recipe_grid.py --table benchmarks/results/accuracy/erm_default.jsonl
+
+Recipes are named sets of `dgmeta run` options (``RECIPES`` below); ``--base``/``--protocol``/``--meta``
+and ``--set key=value`` apply to all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+#: the defaults before issue 15 (SGD 0.01, heads x10, batch norm and every layer trained, 128 px)
+OLD = {"steps": 300, "batch_size": 32, "image_size": 128, "eval_every": 100, "average": "none",
+       "hparams": {"optimizer": "sgd", "lr": 0.01, "freeze_bn": False, "freeze_levels": 0}}
+RECIPES: dict[str, dict] = {
+    "old-defaults": OLD,
+    # the RunConfig / hparams defaults as they stand (nothing overridden)
+    "default": {},
+    "no-average": {"average": "none"},
+    "ema": {"average": "ema"},
+    "swad": {"average": "swad"},
+    "train224": {"train_image_size": 224},
+    "freeze0": {"hparams": {"freeze_levels": 0}},
+    "bn-trained": {"hparams": {"freeze_bn": False}},
+    "sgd": {"hparams": {"optimizer": "sgd", "lr": 0.01}},
+    "lr3e-4": {"hparams": {"lr": 3e-4}},
+    "lr5e-5": {"hparams": {"lr": 5e-5}},
+}
+
+
+def job_key(row: dict) -> tuple:
+    return (row["recipe"], row["base"], row["meta"], row["protocol"], row["target"], int(row["seed"]))
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill mid-write: that job reruns
+                continue
+    return rows
+
+
+def run_one(args) -> None:
+    """Child process: one job; prints its result as the last JSON line."""
+    from dgmeta.config import RunConfig
+    from dgmeta.training.experiment import run_experiment
+
+    recipe = json.loads(json.dumps(RECIPES[args.recipe]))
+    hparams = recipe.pop("hparams", {})
+    hparams.update(dict(item.split("=", 1) for item in args.set))
+    config = RunConfig(
+        dataset="pacs", data_root=args.data_root, base=args.base, meta=args.meta, protocol=args.protocol,
+        targets=[args.target], seeds=[args.seed], tracking_uri=args.tracking_uri, experiment=args.experiment,
+        quiet=True, resume="auto", hparams=hparams, **recipe,
+    )
+    started = time.time()
+    result = run_experiment(config)
+    run = result.runs[0]
+    print(json.dumps({
+        "test_acc": run.test_acc, "live_test_acc": run.live_test_acc, "val_acc": run.val_acc,
+        "oracle_test_acc": None if math.isnan(run.oracle_test_acc) else run.oracle_test_acc,
+        "selected_step": run.selected_step, "seconds": time.time() - started,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "images_per_second": run.images_per_second, "run_id": run.run_id,
+        "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", "tracking_uri", "resume", "quiet")},
+    }))
+
+
+def run_grid(args) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {job_key(r) for r in read_rows(out)}
+    for recipe in args.recipes.split(","):
+        if recipe not in RECIPES:
+            raise SystemExit(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    jobs = [(r, t, int(s)) for s in args.seeds.split(",") for t in args.targets.split(",") for r in args.recipes.split(",")]
+    for recipe, target, seed in jobs:
+        row = {"recipe": recipe, "base": args.base, "meta": args.meta, "protocol": args.protocol or "default", "target": target, "seed": seed}
+        if job_key(row) in done:
+            continue
+        cmd = [sys.executable, __file__, "--one", "--recipe", recipe, "--target", target, "--seed", str(seed),
+               "--base", args.base, "--meta", args.meta, "--data-root", args.data_root,
+               "--tracking-uri", args.tracking_uri, "--experiment", args.experiment]
+        cmd += ["--protocol", args.protocol] if args.protocol else []
+        for item in args.set:
+            cmd += ["--set", item]
+        print(f"[{time.strftime('%H:%M:%S')}] {recipe} {args.base}+{args.meta} {target} s{seed} ...", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"job {recipe} {target} s{seed} failed (exit {proc.returncode}); finished rows are kept in {out}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        row.update(result)
+        row["set"] = args.set
+        with out.open("a") as f:  # one line per finished job: a kill loses at most the running job
+            f.write(json.dumps(row) + "\n")
+        print(f"    test_acc {row['test_acc'] * 100:.2f} (live {row['live_test_acc'] * 100:.2f}) in {row['seconds']:.0f}s, peak {row['peak_rss_gib']:.2f} GiB", flush=True)
+
+
+def ci95(values: list[float]) -> float:
+    from scipy import stats
+
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def render(rows: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["recipe"], r["base"], r["meta"], r["protocol"]), []).append(r)
+    targets = sorted({r["target"] for r in rows})
+    lines = ["| recipe | base | meta | protocol | " + " | ".join(targets) + " | avg | minutes/run |",
+             "|---|---|---|---|" + "---|" * (len(targets) + 2)]
+    for (recipe, base, meta, protocol), items in groups.items():
+        cells = []
+        per_seed: dict[int, list[float]] = {}
+        for t in targets:
+            acc = [100 * r["test_acc"] for r in items if r["target"] == t]
+            for r in items:
+                if r["target"] == t:
+                    per_seed.setdefault(r["seed"], []).append(100 * r["test_acc"])
+            cells.append("" if not acc else f"{sum(acc) / len(acc):.1f}" + (f" ± {ci95(acc):.1f}" if len(acc) > 1 else ""))
+        full = [sum(v) / len(v) for v in per_seed.values() if len(v) == len(targets)]
+        avg = f"{sum(full) / len(full):.1f}" + (f" ± {ci95(full):.1f}" if len(full) > 1 else "") if full else ""
+        minutes = sum(r["seconds"] for r in items) / len(items) / 60
+        lines.append(f"| {recipe} | {base} | {meta} | {protocol} | " + " | ".join(cells) + f" | {avg} | {minutes:.1f} |")
+    return "\n".join(lines)
+
+
+def paired(rows: list[dict], reference: str) -> str:
+    from scipy import stats
+
+    by = {job_key(r): r for r in rows}
+    out = []
+    for recipe in sorted({r["recipe"] for r in rows} - {reference}):
+        diffs = []
+        for key, r in by.items():
+            if key[0] != recipe:
+                continue
+            ref = by.get((reference,) + key[1:])
+            if ref is not None:
+                diffs.append(100 * (r["test_acc"] - ref["test_acc"]))
+        if diffs:
+            n = len(diffs)
+            mean = sum(diffs) / n
+            detectable = ""
+            if n > 1:
+                sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+                # smallest true mean difference a two-sided paired t-test at 5% finds with 80% power
+                mde = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+                detectable = f", detectable at 80% power: {mde:.1f}"
+            out.append(f"{recipe} - {reference}: {mean:+.1f} ± {ci95(diffs):.1f} points (paired, n = {n}{detectable})")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", default="default")
+    parser.add_argument("--targets", default="art_painting,cartoon,photo,sketch")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--base", default="erm")
+    parser.add_argument("--meta", default="none")
+    parser.add_argument("--protocol", default=None)
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'benchmarks' / 'results' / 'accuracy.db'}")
+    parser.add_argument("--experiment", default="benchmarks-accuracy")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy" / "grid.jsonl"))
+    parser.add_argument("--table", nargs="*", default=None, help="render these result files instead of running")
+    parser.add_argument("--reference", default=None, help="recipe to pair the others against in --table")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--recipe", help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        run_one(args)
+    elif args.table is not None:
+        rows = [r for path in args.table for r in read_rows(Path(path))]
+        print(render(rows))
+        if args.reference:
+            print(paired(rows, args.reference))
+    else:
+        run_grid(args)
+
+
+if __name__ == "__main__":
+    main()
