@@ -85,7 +85,7 @@ def _train(case, ctx: DistContext, batch_size: int):
 
     name, base, meta, protocol, overrides, _ = case
     seed_everything(0)
-    hparams = apply_overrides(default_hparams(base, meta), {"lr": 0.05, "augment": "none", **overrides})
+    hparams = apply_overrides(default_hparams(base, meta), {"lr": 0.05, "augment": "none", "optimizer": "sgd", "freeze_bn": False, **overrides})
     data = _job_data(protocol)
     # GroupNorm normalises each sample alone, so a sharded batch gives the same gradient
     network = create_network("test_efficientnet_gn", 2, "none")

@@ -48,7 +48,9 @@ def context(protocol: str, total_steps: int = 40) -> LearnerContext:
 
 
 def hparams(name: str, **overrides) -> dict:
-    base = {"lr": 0.01, "num_permutations": 10}
+    # the learner objectives are under test here, on SGD from a random tiny network (no ImageNet
+    # batch-norm statistics to keep), as before the pretrained-backbone defaults
+    base = {"lr": 0.01, "num_permutations": 10, "optimizer": "sgd", "freeze_bn": False}
     base = {k: v for k, v in base.items() if k in default_hparams(name)}
     return apply_overrides(default_hparams(name), {**base, **overrides})
 

@@ -21,7 +21,7 @@ from test_meta_fixtures import single_thread  # noqa: F401  (autouse)
 from test_meta_fixtures import DTYPE, accuracy, blobs, make_learner
 
 S = 3
-PLAIN_SGD = {"momentum": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "head_lr_mult": 1.0, "lr": 0.1}
+PLAIN_SGD = {"optimizer": "sgd", "freeze_bn": False, "momentum": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "head_lr_mult": 1.0, "lr": 0.1}
 
 
 def hparams(meta: str, base: str = "erm", **overrides) -> dict:

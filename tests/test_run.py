@@ -13,7 +13,7 @@ from dgmeta.config import RunConfig
 from dgmeta.training.experiment import run_experiment
 from tests.helpers import make_folder_dataset
 
-TINY = dict(backbone="test_resnet", weights="none", image_size=24, batch_size=8, eval_every=10, quiet=True)
+TINY = dict(backbone="test_resnet", weights="none", image_size=24, train_image_size=24, batch_size=8, eval_every=10, quiet=True)
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def test_erm_beats_chance_and_is_tracked(folder_dataset, tmp_path):
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     config = RunConfig(
         dataset=f"folder:{folder_dataset}", base="erm", targets=["d2"], steps=40, seeds=[0],
-        split="random", tracking_uri=uri, experiment="toy", hparams={"lr": 0.05}, **TINY,
+        split="random", tracking_uri=uri, experiment="toy", hparams={"lr": 0.05, "optimizer": "sgd"}, **TINY,
     )
     result = run_experiment(config)
     (run,) = result.runs
@@ -51,9 +51,31 @@ def test_erm_beats_chance_and_is_tracked(folder_dataset, tmp_path):
     assert {"config.json", "results.json", "model"} <= artifacts
     results = json.loads(open(client.download_artifacts(run.run_id, "results.json", str(tmp_path))).read())
     assert results["test_acc"] == pytest.approx(run.test_acc)
-    # selection never looks at the target: the selected step is the best on source validation
+    # selection never looks at the target: the reported model is the SWAD average (the default),
+    # built from source validation alone; the best live checkpoint is kept for comparison
+    live = [c for c in results["checkpoints"] if c["weights"] == "live"]
+    (averaged,) = [c for c in results["checkpoints"] if c["weights"] == "swad"]
+    assert results["weights"] == "swad" and results["selected_step"] == 40
+    assert results["test_acc"] == pytest.approx(averaged["test"]["d2"])
+    best = max(live, key=lambda c: (c["val_mean"], -c["step"]))
+    assert child.data.metrics["live_test_acc"] == pytest.approx(best["test"]["d2"])
+    assert all(not c["test"] for c in live if c is not best)  # the target is evaluated once per model
+    assert results["oracle_test_acc"] is None
+
+
+def test_without_averaging_the_best_source_validation_checkpoint_is_reported(folder_dataset, tmp_path):
+    config = RunConfig(
+        dataset=f"folder:{folder_dataset}", base="erm", targets=["d2"], steps=40, seeds=[0], average="none",
+        split="random", tracking_uri=f"sqlite:///{tmp_path / 'store.db'}", experiment="toy",
+        hparams={"lr": 0.05, "optimizer": "sgd"}, test_every_eval=True, **TINY,
+    )
+    (run,) = run_experiment(config).runs
+    client = MlflowClient(config.tracking_uri)
+    results = json.loads(open(client.download_artifacts(run.run_id, "results.json", str(tmp_path))).read())
     best = max(results["checkpoints"], key=lambda c: (c["val_mean"], -c["step"]))
-    assert results["selected_step"] == best["step"]
+    assert results["selected_step"] == best["step"] and results["weights"] == "live"
+    assert run.test_acc == pytest.approx(best["test"]["d2"]) and run.test_acc >= 0.85
+    assert run.oracle_test_acc == pytest.approx(max(c["test"]["d2"] for c in results["checkpoints"]))
     assert client.get_run(result.parent_run_id).info.status == "FINISHED"
 
 

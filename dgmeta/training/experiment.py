@@ -26,6 +26,8 @@ from dgmeta.errors import ConfigError
 from dgmeta.evaluation.selection import SELECTION_RULE
 
 DEFAULT_PROTOCOL = {"dann": "msda", "mcd": "msda"}
+#: defaults that only make sense for pretrained weights, replaced under --weights none unless --set
+FROM_SCRATCH = {"freeze_levels": 0, "freeze_bn": False}
 
 
 @dataclass
@@ -86,6 +88,8 @@ def resolve_plan(config: RunConfig) -> ResolvedPlan:
     _load_all()
     learner_cls = LEARNERS.get(config.base)
     hparams = apply_overrides(default_hparams(config.base, config.meta), config.hparams)
+    if config.weights == "none":  # a random network has no early filters or batch-norm statistics worth keeping
+        hparams.update({k: v for k, v in FROM_SCRATCH.items() if k not in config.hparams})
     protocol = config.protocol or DEFAULT_PROTOCOL.get(config.base, "dg")
     if protocol not in learner_cls.protocols:
         raise ConfigError(
