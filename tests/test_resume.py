@@ -127,7 +127,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     # the evaluations before the kill came back from the checkpoint's history: all equal the reference's
     ref_results = json.loads(Path(client_a.download_artifacts(ref_child.info.run_id, "results.json", str(tmp_path))).read_text())
     new_results = json.loads(Path(client_b.download_artifacts(new_child.info.run_id, "results.json", str(tmp_path / "b"))).read_text())
-    assert [c["step"] for c in new_results["checkpoints"]] == [10, 20, 30]
+    # the live evaluations, then the SWAD average over the low-loss region as the final row
+    assert [(c["step"], c["weights"]) for c in new_results["checkpoints"]] == [(10, "live"), (20, "live"), (30, "live"), (30, "swad")]
     assert new_results["checkpoints"] == ref_results["checkpoints"]
 
     ref_state = saved_network(client_a, ref_child.info.run_id, tmp_path / "dl_a")

@@ -69,7 +69,8 @@ def test_without_averaging_the_best_source_validation_checkpoint_is_reported(fol
         split="random", tracking_uri=f"sqlite:///{tmp_path / 'store.db'}", experiment="toy",
         hparams={"lr": 0.05, "optimizer": "sgd"}, test_every_eval=True, **TINY,
     )
-    (run,) = run_experiment(config).runs
+    result = run_experiment(config)
+    (run,) = result.runs
     client = MlflowClient(config.tracking_uri)
     results = json.loads(open(client.download_artifacts(run.run_id, "results.json", str(tmp_path))).read())
     best = max(results["checkpoints"], key=lambda c: (c["val_mean"], -c["step"]))
