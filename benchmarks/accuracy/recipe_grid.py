@@ -72,15 +72,23 @@ def run_one(args) -> None:
 
     recipe = json.loads(json.dumps(RECIPES[args.recipe]))
     hparams = recipe.pop("hparams", {})
+    if args.test_every_eval:  # a curve: the target at every evaluation (not hashed: same training)
+        recipe["test_every_eval"] = True
+    if args.eval_every:
+        recipe["eval_every"] = args.eval_every
+    for key in ("steps", "image_size"):  # smoke tests of the grid itself
+        if getattr(args, key):
+            recipe[key] = getattr(args, key)
     hparams.update(dict(item.split("=", 1) for item in args.set))
     config = RunConfig(
-        dataset="pacs", data_root=args.data_root, base=args.base, meta=args.meta, protocol=args.protocol,
+        dataset=args.dataset, data_root=args.data_root, base=args.base, meta=args.meta, protocol=args.protocol,
         targets=[args.target], seeds=[args.seed], tracking_uri=args.tracking_uri, experiment=args.experiment,
         quiet=True, resume="auto", hparams=hparams, **recipe,
     )
     started = time.time()
     result = run_experiment(config)
     run = result.runs[0]
+    curve = curve_points(config.tracking_uri, run.run_id) if args.test_every_eval else None
     print(json.dumps({
         "test_acc": run.test_acc, "live_test_acc": run.live_test_acc, "val_acc": run.val_acc,
         "oracle_test_acc": None if math.isnan(run.oracle_test_acc) else run.oracle_test_acc,
@@ -88,7 +96,21 @@ def run_one(args) -> None:
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "images_per_second": run.images_per_second, "run_id": run.run_id,
         "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", "tracking_uri", "resume", "quiet")},
+        **({"curve": curve} if curve is not None else {}),
     }))
+
+
+def curve_points(tracking_uri: str, run_id: str) -> list[dict]:
+    """Every evaluation of a run: step, training seconds so far, target test accuracy, weights."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = MlflowClient(tracking_uri).download_artifacts(run_id, "results.json", tmp)
+        checkpoints = json.loads(Path(path).read_text())["checkpoints"]
+    return [{"step": c["step"], "train_seconds": c["train_seconds"], "test_acc": next(iter(c["test"].values())),
+             "val_acc": c["val_mean"], "weights": c["weights"]} for c in checkpoints if c["test"]]
 
 
 def run_grid(args) -> None:
@@ -107,6 +129,12 @@ def run_grid(args) -> None:
                "--base", args.base, "--meta", args.meta, "--data-root", args.data_root,
                "--tracking-uri", args.tracking_uri, "--experiment", args.experiment]
         cmd += ["--protocol", args.protocol] if args.protocol else []
+        cmd += ["--test-every-eval"] if args.test_every_eval else []
+        cmd += ["--eval-every", str(args.eval_every)] if args.eval_every else []
+        cmd += ["--dataset", args.dataset]
+        for key in ("steps", "image_size"):
+            if getattr(args, key):
+                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
         for item in args.set:
             cmd += ["--set", item]
         print(f"[{time.strftime('%H:%M:%S')}] {recipe} {args.base}+{args.meta} {target} s{seed} ...", flush=True)
@@ -195,6 +223,11 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'benchmarks' / 'results' / 'accuracy.db'}")
     parser.add_argument("--experiment", default="benchmarks-accuracy")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy" / "grid.jsonl"))
+    parser.add_argument("--dataset", default="pacs")
+    parser.add_argument("--steps", type=int, default=None, help="override the recipe's steps (smoke tests)")
+    parser.add_argument("--image-size", type=int, default=None, help="override the recipe's image size (smoke tests)")
+    parser.add_argument("--test-every-eval", action="store_true", help="score the target at every evaluation (curves)")
+    parser.add_argument("--eval-every", type=int, default=None, help="override the recipe's evaluation interval")
     parser.add_argument("--table", nargs="*", default=None, help="render these result files instead of running")
     parser.add_argument("--reference", default=None, help="recipe to pair the others against in --table")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)

@@ -21,6 +21,8 @@ class Checkpoint:
     test: dict[str, float]  # target domain -> test accuracy ({} when the target was not evaluated)
     val_loss: dict[str, float] = field(default_factory=dict)  # source domain -> validation cross-entropy
     weights: str = "live"  # live | ema | swad: which weights were evaluated
+    #: wall seconds spent training (data + steps, evaluation excluded) when it was taken: the compute axis
+    train_seconds: float = 0.0
 
     @property
     def val_mean(self) -> float:
@@ -59,4 +61,5 @@ class SelectionHistory:
 
     def to_dict(self) -> list[dict]:
         rows = self.checkpoints + ([self.final] if self.final is not None else [])
-        return [{"step": c.step, "val": c.val, "test": c.test, "val_mean": c.val_mean, "val_loss": c.val_loss, "weights": c.weights} for c in rows]
+        return [{"step": c.step, "val": c.val, "test": c.test, "val_mean": c.val_mean, "val_loss": c.val_loss, "weights": c.weights,
+                 "train_seconds": c.train_seconds} for c in rows]

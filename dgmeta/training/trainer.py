@@ -185,6 +185,7 @@ class Trainer:
                 if self.history.add(checkpoint):
                     self.selected_state = copy.deepcopy(self.learner.state_dict())
         checkpoint.step = step
+        checkpoint.train_seconds = self.data_seconds + self.step_seconds
         if isinstance(self.averager, SWAD) and self.history.add(checkpoint):
             self.selected_state = copy.deepcopy(self.learner.state_dict())
         self._log_checkpoint(checkpoint, step)
@@ -236,6 +237,7 @@ class Trainer:
             recompute_batchnorm(self.learner, (self.batches.next().x for _ in range(8)), self.learner.predict)
         checkpoint = evaluate(self.learner, self.data, self.precision, with_test=True)
         checkpoint.step, checkpoint.weights = self.steps, "swad"
+        checkpoint.train_seconds = self.data_seconds + self.step_seconds
         self.history.final = checkpoint
         self.selected_state = copy.deepcopy(self.learner.state_dict())
         self._log_checkpoint(checkpoint, self.steps, prefix="swad.")
@@ -327,7 +329,8 @@ class Trainer:
         self.batches.load_state_dict(state["batches"])
         restore_rng(state["rng"])
         self.history = SelectionHistory([
-            Checkpoint(c["step"], dict(c["val"]), dict(c["test"]), dict(c.get("val_loss", {})), c.get("weights", "live"))
+            Checkpoint(c["step"], dict(c["val"]), dict(c["test"]), dict(c.get("val_loss", {})), c.get("weights", "live"),
+                       float(c.get("train_seconds", 0.0)))
             for c in state["history"]
         ])
         self.averager.load_state_dict(state.get("averager", {}))
