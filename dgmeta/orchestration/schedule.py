@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,33 @@ def unit_slug(pipeline: Path) -> str:
     return f"{stem}-{hashlib.sha1(str(pipeline).encode()).hexdigest()[:8]}"
 
 
+_CHAR_NAMES = {"\n": "line feed", "\r": "carriage return", "\t": "tab", "\x00": "NUL", "\x85": "next line"}
+
+
+def refuse_line_breaks(text: str, what: str) -> str:
+    """``text`` unchanged, or a ConfigError if it holds a control or line-separator character.
+
+    Crontabs and unit files are line based: a newline in a path would end the entry and start a
+    new crontab line or unit directive of the caller's choosing, and no quoting survives that.
+    """
+    for char in str(text):
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            name = _CHAR_NAMES.get(char) or unicodedata.name(char, "control character")
+            raise ConfigError(
+                f"{what} {str(text)!r} contains U+{ord(char):04X} ({name.lower()}), which cannot go into a crontab line or a systemd unit",
+                "rename it or pass a value without control characters or line breaks",
+            )
+    return str(text)
+
+
+def _job_fields(job: RetrainJob) -> None:
+    refuse_line_breaks(str(job.pipeline), "pipeline path")
+    refuse_line_breaks(job.tracking_uri, "tracking URI")
+    refuse_line_breaks(str(job.log_file), "log file")
+    refuse_line_breaks(str(job.workdir), "working folder")
+    refuse_line_breaks(job.python, "Python interpreter path")
+
+
 def _state_dir() -> Path:
     return Path(os.environ.get("DGMETA_CACHE") or Path.home() / ".cache" / "dgmeta")
 
@@ -78,7 +106,8 @@ def _state_dir() -> Path:
 
 
 def crontab_lines(job: RetrainJob, cron: str) -> list[str]:
-    schedule = parse_cron(cron)
+    _job_fields(job)
+    schedule = parse_cron(refuse_line_breaks(cron, "cron expression"))
     command = (
         f"cd {shlex.quote(str(job.workdir))} && MLFLOW_TRACKING_URI={shlex.quote(job.tracking_uri)} "
         f"{shlex.join(job.argv())} >> {shlex.quote(str(job.log_file))} 2>&1"
@@ -172,27 +201,48 @@ def default_unit_dir() -> Path:
     return Path(config_home) / "systemd" / "user"
 
 
-def _systemd_quote(text: str) -> str:
-    return f'"{text}"' if any(c.isspace() for c in text) or '"' in text else text
+def _specifiers(text: str) -> str:
+    """systemd expands %h, %u, ... in most settings: a literal % is written %%."""
+    return text.replace("%", "%%")
+
+
+def _systemd_word(text: str) -> str:
+    """One word of ExecStart=/Environment=, quoted (with C escapes) when it holds blanks, quotes or
+    backslashes; % doubled because systemd expands specifiers there."""
+    if text and not any(c.isspace() or c in '"\'\\' for c in text):
+        return _specifiers(text)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{_specifiers(escaped)}"'
+
+
+def _systemd_path(text: str, what: str) -> str:
+    """WorkingDirectory= and StandardOutput=append: take the rest of the line unquoted (systemd
+    strips it), so a path that starts or ends with whitespace cannot be written there."""
+    if text != text.strip():
+        raise ConfigError(f"{what} {text!r} starts or ends with whitespace, which a systemd unit cannot hold", "rename it or pass another path")
+    return _specifiers(text)
 
 
 def systemd_units(job: RetrainJob, on_calendar: str) -> dict[str, str]:
+    _job_fields(job)
+    on_calendar = refuse_line_breaks(on_calendar, "--on-calendar value").strip()
     name = f"dgmeta-retrain-{unit_slug(job.pipeline)}"
-    exec_start = " ".join(_systemd_quote(part) for part in job.argv())
+    exec_start = " ".join(_systemd_word(part).replace("$", "$$") for part in job.argv())
+    log = _systemd_path(str(job.log_file), "log file")
     service = f"""[Unit]
-Description=dgmeta retrain {job.pipeline}
+Description=dgmeta retrain {_specifiers(str(job.pipeline))}
 {MARKER}{job.pipeline}
 
 [Service]
 Type=oneshot
-WorkingDirectory={_systemd_quote(str(job.workdir))}
-Environment={_systemd_quote("MLFLOW_TRACKING_URI=" + job.tracking_uri)}
+WorkingDirectory={_systemd_path(str(job.workdir), "working folder")}
+Environment={_systemd_word("MLFLOW_TRACKING_URI=" + job.tracking_uri)}
 ExecStart={exec_start}
-StandardOutput=append:{job.log_file}
-StandardError=append:{job.log_file}
+StandardOutput=append:{log}
+StandardError=append:{log}
 """
     timer = f"""[Unit]
-Description=Scheduled dgmeta retrain {job.pipeline}
+Description=Scheduled dgmeta retrain {_specifiers(str(job.pipeline))}
 {MARKER}{job.pipeline}
 
 [Timer]
@@ -211,10 +261,11 @@ def install_systemd(job: RetrainJob, cron: str | None, on_calendar: str | None, 
         if cron is None:
             raise ConfigError("no schedule given", 'pass --cron "0 3 * * 0" or --on-calendar, or add schedule: {cron: ...} to the spec')
         on_calendar = to_on_calendar(cron)
+    units = systemd_units(job, on_calendar)  # refuses hostile text before anything is written
     unit_dir.mkdir(parents=True, exist_ok=True)
     job.log_file.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    for filename, text in systemd_units(job, on_calendar).items():
+    for filename, text in units.items():
         path = unit_dir / filename
         path.write_text(text)
         written.append(path)
