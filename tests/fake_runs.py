@@ -29,7 +29,7 @@ TARGET_BONUS = {"d0": 0.0, "d1": 0.05, "d2": 0.10, "photo": 0.2, "sketch": 0.0}
 FINGERPRINT_ENV = "FAKE_DATA_VERSION"
 
 
-DEFAULT_PROTOCOL = {"dann": "msda", "mcd": "msda"}  # as dgmeta.training.experiment
+DEFAULT_PROTOCOL = {"dann": "msda", "mcd": "msda", "mme": "ssda"}  # as dgmeta.training.experiment
 
 
 @dataclass

@@ -10,7 +10,7 @@ from dgmeta.registry import Registry
 LEARNERS: Registry[type[Learner]] = Registry("--base")
 
 # Each module registers its class on import.
-_MODULES = ("erm", "dann", "mcd", "jigen")
+_MODULES = ("erm", "dann", "mcd", "jigen", "mme")
 
 
 def _load_all() -> None:

@@ -8,7 +8,8 @@ meta-train domains lowers the loss on the held-out source domain. Per step, with
     theta_new = theta - alpha * grad [L_base + h_omega(f_theta(x_meta-train))](theta; meta-train)
     critic loss = tanh( L_val(theta_new; meta-test) - L_val(theta_old; meta-test) )   -> Adam on omega
 
-``alpha`` = ``critic_inner_lr``; ``theta`` = the parameters of the learner's *first stage* (all of
+``alpha`` = ``critic_inner_lr`` x each parameter's outer learning rate (the official code's alpha is
+its learning rate); ``theta`` = the parameters of the learner's *first stage* (all of
 them for every dgmeta learner; MCD's step A), and ``L_base`` = that stage's objective, i.e. what
 the model's own update minimises and what the critic is added to (CE for ERM; CE + adversarial for
 DANN; CE + jigsaw for JiGen; both classifiers' CE for MCD). ``L_val`` = cross-entropy of
@@ -16,9 +17,19 @@ DANN; CE + jigsaw for JiGen; both classifiers' CE for MCD). ``L_val`` = cross-en
 through ``grad_theta h``, so ``theta_new`` is built with ``create_graph`` on the critic term alone
 (second order in omega, first order in theta: theta is held fixed within the episode).
 
+With several episodes a step (``meta_splits=all``) the critic takes one Adam step on the mean of
+their meta-losses.
+
 The model's own update: :meth:`StageStepper.add_gradients` adds ``critic_weight *
 grad_theta h_omega(f_theta(x))`` on the *full* labelled batch (with the freshly updated critic) to
 the first stage's gradient, so the base optimizer steps on ``L_base + critic_weight * h``.
+``critic_weight`` defaults to 0.01, the official PACS code's weight.
+
+Warm start (hparam ``warm_start``): the official code trains the critic from a converged
+aggregated (ERM) baseline, not from ImageNet. ``--set warm_start=PATH`` loads the featurizer *and*
+classifier of a dgmeta network file (``model/network.pt`` of an earlier ``dgmeta run``, e.g.
+``--base erm --meta none`` on the same target) into the learner before the first step; a resumed
+run then overrides them with its checkpoint. (``--weights PATH`` alone loads only the backbone.)
 
 The critic lives in the stepper (its state and Adam state are in ``state_dict`` for resume): it is
 a training device only, not part of the saved network and not used at test time.
@@ -38,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dgmeta.errors import ConfigError
 from dgmeta.learners.base import Batch, Learner
 from dgmeta.meta.double_backward import fast_double_backward
 from dgmeta.meta.episodes import Episode
@@ -52,7 +64,7 @@ from dgmeta.meta.gradient import (
 )
 from dgmeta.meta.stepper import EpisodicStepper, require_finite
 
-_NAN_HINT = "lower --set critic_inner_lr=... or --set critic_lr=..., or --set critic_weight=0.1"
+_NAN_HINT = "lower --set critic_inner_lr=... or --set critic_lr=..., or --set critic_weight=0.001"
 
 
 class FeatureCritic(nn.Module):
@@ -84,12 +96,15 @@ class CriticTerm:
             device=reference.device, dtype=reference.dtype
         )
         self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=float(hparams.get("critic_lr", 1e-3)))
-        self.weight = float(hparams.get("critic_weight", 1.0))
-        self.inner_lr = float(hparams.get("critic_inner_lr", 0.01))
+        self.weight = float(hparams.get("critic_weight", 0.01))
+        #: a multiple of each parameter's outer learning rate (an absolute step without step sizes)
+        self.inner_lr = float(hparams.get("critic_inner_lr", 1.0))
         self.stage = learner.stages()[0]
 
-    def gradients(self, learner: Learner, batch: Batch, episode: Episode, progress: float) -> tuple[Params, dict[str, float]]:
-        logs = self.update_critic(learner, episode, progress)
+    def gradients(
+        self, learner: Learner, batch: Batch, episodes: list[Episode], progress: float, step_sizes: dict[str, float]
+    ) -> tuple[Params, dict[str, float]]:
+        logs = self.update_critic(learner, episodes, progress, step_sizes)
         names = learner.stage_parameter_names(self.stage)
         params = trainable_params(learner)
         # scratch buffers: this extra forward must not move the real batch-norm statistics twice
@@ -98,12 +113,34 @@ class CriticTerm:
         logs["critic/aux_loss"] = float(aux.detach())
         return {n: g for n, g in zip(names, grads) if g is not None}, logs
 
-    def update_critic(self, learner: Learner, episode: Episode, progress: float) -> dict[str, float]:
-        """One Adam step on omega for ``tanh(L_val(theta_new) - L_val(theta_old))``."""
+    def update_critic(
+        self, learner: Learner, episodes: "Episode | list[Episode]", progress: float, step_sizes: dict[str, float] | None = None
+    ) -> dict[str, float]:
+        """One Adam step on omega for the mean over ``episodes`` of ``tanh(L_val(theta_new) - L_val(theta_old))``.
+
+        ``step_sizes`` (parameter -> outer learning rate) scales alpha per parameter; without it
+        ``critic_inner_lr`` is alpha itself."""
+        episodes = [episodes] if isinstance(episodes, Episode) else list(episodes)
+        parts = [self._meta_loss(learner, episode, progress, step_sizes) for episode in episodes]
+        meta_loss = torch.stack([p[0] for p in parts]).mean()
+        require_finite("Feature-Critic meta-test loss", meta_loss, learner, _NAN_HINT)
+
+        if meta_loss.requires_grad:  # False only if the features do not depend on the first stage
+            self.optimizer.zero_grad(set_to_none=True)
+            critic_params = list(self.critic.parameters())
+            grads = torch.autograd.grad(meta_loss, critic_params, allow_unused=True)
+            for param, grad in zip(critic_params, grads):
+                param.grad = grad
+            self.optimizer.step()
+        mean = lambda i: sum(float(p[i].detach()) for p in parts) / len(parts)  # noqa: E731
+        return {"critic/meta_loss": float(meta_loss.detach()), "critic/val_old": mean(1), "critic/val_new": mean(2), "critic/base_loss": mean(3)}
+
+    def _meta_loss(self, learner: Learner, episode: Episode, progress: float, step_sizes: dict[str, float] | None):
         theta = detached_params(learner)  # fixed within the episode: only omega is learned here
         names = [n for n in learner.stage_parameter_names(self.stage) if n in theta]
         inputs = [theta[n] for n in names]
         buffers = scratch_buffers(learner)
+        alpha = {n: self.inner_lr * (1.0 if step_sizes is None else float(step_sizes.get(n, 0.0))) for n in names}
 
         base = evaluate_objective(learner, theta, buffers, episode.meta_train, self.stage.name, progress).loss
         base_grads = torch.autograd.grad(base, inputs, allow_unused=True)
@@ -114,27 +151,12 @@ class CriticTerm:
         theta_old, theta_new = dict(theta), dict(theta)
         for name, g_base, g_aux in zip(names, base_grads, aux_grads):
             g_base = torch.zeros_like(theta[name]) if g_base is None else g_base
-            theta_old[name] = theta[name].detach() - self.inner_lr * g_base
-            theta_new[name] = theta_old[name] if g_aux is None else theta_old[name] - self.inner_lr * g_aux
+            theta_old[name] = theta[name].detach() - alpha[name] * g_base
+            theta_new[name] = theta_old[name] if g_aux is None else theta_old[name] - alpha[name] * g_aux
         with torch.no_grad():
             val_old = prediction_loss(learner, theta_old, buffers, episode.meta_test)
         val_new = prediction_loss(learner, theta_new, buffers, episode.meta_test)
-        meta_loss = torch.tanh(val_new - val_old)
-        require_finite("Feature-Critic meta-test loss", meta_loss, learner, _NAN_HINT)
-
-        if meta_loss.requires_grad:  # False only if the features do not depend on the first stage
-            self.optimizer.zero_grad(set_to_none=True)
-            critic_params = list(self.critic.parameters())
-            grads = torch.autograd.grad(meta_loss, critic_params, allow_unused=True)
-            for param, grad in zip(critic_params, grads):
-                param.grad = grad
-            self.optimizer.step()
-        return {
-            "critic/meta_loss": float(meta_loss.detach()),
-            "critic/val_old": float(val_old),
-            "critic/val_new": float(val_new.detach()),
-            "critic/base_loss": float(base.detach()),
-        }
+        return torch.tanh(val_new - val_old), val_old, val_new, base
 
     def state_dict(self) -> dict:
         return {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -155,9 +177,38 @@ class CriticStepper(EpisodicStepper):
         num_sources: int | None = None,
         seed: int = 0,
     ):
+        warm = str(hparams.get("warm_start", "") or "").strip()
+        if warm:
+            load_warm_start(learner, warm)
         self.critic_term = CriticTerm(learner, hparams)
         super().__init__(learner, hparams, total_steps, num_sources, seed, [self.critic_term])
 
     @property
     def critic(self) -> FeatureCritic:
         return self.critic_term.critic
+
+
+def load_warm_start(learner: Learner, path: str) -> None:
+    """Featurizer and classifier of the dgmeta network file ``path`` into ``learner`` (see the module docstring)."""
+    from pathlib import Path
+
+    from dgmeta.models.checkpoint import FORMAT
+
+    file = Path(path).expanduser()
+    hint = "give --set warm_start=PATH to a model/network.pt written by `dgmeta run` with the same --backbone and dataset"
+    if not file.is_file():
+        raise ConfigError(f"warm_start file {file} does not exist", hint)
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign files
+        raise ConfigError(f"warm_start file {file} cannot be read ({type(exc).__name__})", hint) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"warm_start file {file} is not a dgmeta network file", hint)
+    state = payload["state_dict"]
+    for part in ("featurizer", "classifier"):
+        module = getattr(learner, part)
+        own = module.state_dict()
+        given = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+        if set(given) != set(own) or any(tuple(given[k].shape) != tuple(own[k].shape) for k in own):
+            raise ConfigError(f"warm_start file {file} does not fit this run's {part} (other backbone, classes or head)", hint)
+        module.load_state_dict({k: v.to(own[k].device, own[k].dtype) for k, v in given.items()})

@@ -1,9 +1,15 @@
 """Meta-learning episodes: which source domains play meta-train and which play meta-test.
 
 MetaDA and Feature-Critic both simulate the domain shift of deployment *inside* the sources:
-some source domains are meta-train, the held-out ones are meta-test. The real target domain never
-takes part: its index is never drawn, its labelled shots (``ssda``, index ``S``) and its unlabelled
-images (``Batch.target_x``) are dropped from both halves of an episode.
+some source domains are meta-train, the held-out ones are meta-test. In these source episodes
+(:func:`split_batch`) the real target domain never takes part: its index is never drawn, its
+labelled shots (``ssda``, index ``S``) and its unlabelled images (``Batch.target_x``) are dropped
+from both halves of an episode. Under ``ssda`` such episodes are dgmeta's extension.
+
+MetaDA's own SSDA episode (:func:`target_shot_episode`, ``--set meta_episode=target_shots``) uses
+the target instead: the inner loop adapts on the labelled sources toward the real unlabelled
+target images, and the meta-test loss is the cross-entropy on the labelled target shots. The
+unlabelled images carry no labels anywhere in dgmeta (``Batch.target_x`` is images only).
 """
 
 from __future__ import annotations
@@ -100,6 +106,27 @@ def split_batch(
     meta_test = batch.select(test_mask).with_target(None)
     meta_train = batch.select(train_mask).with_target(meta_test.x if meta_test_as_target else None)
     return meta_train, meta_test
+
+
+def target_shot_episode(batch: Batch, sources: int) -> Episode:
+    """MetaDA's SSDA episode: meta-train = the labelled sources ``0..sources-1`` with the batch's
+    unlabelled target images as their adaptation target; meta-test = the labelled target shots
+    (domain index ``sources``), without unlabelled images."""
+    if batch.target_x is None or batch.target_x.shape[0] == 0:
+        raise TrainingError(
+            "meta_episode=target_shots needs the unlabelled target images in the batch, and it has none",
+            "use --protocol ssda (its batches carry them), or --set meta_episode=sources",
+        )
+    shot_ids, source_ids = [sources], list(range(sources))
+    shots = batch.select(_domain_mask(batch, shot_ids)).with_target(None)
+    meta_train = batch.select(_domain_mask(batch, source_ids))
+    if len(shots) == 0 or len(meta_train) == 0:
+        missing = "labelled target shots (domain index %d)" % sources if len(shots) == 0 else "labelled source images"
+        raise TrainingError(
+            f"the training batch holds no {missing}, which meta_episode=target_shots needs",
+            "use --protocol ssda with --shots >= 1 (the trainer puts the shots into every batch)",
+        )
+    return Episode(source_ids, shot_ids, meta_train, shots)
 
 
 def _domain_mask(batch: Batch, ids: list[int]) -> torch.Tensor:

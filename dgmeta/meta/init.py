@@ -8,9 +8,10 @@ parameters toward points from which the learner's own adaptation generalises.
 Schedules (hparam ``meta_schedule``):
 
 * ``online`` (default, the paper's online variant): every step is the base learner's usual
-  update on the full batch plus ``meta_weight`` x the meta-gradient of a fresh episode, added to
-  the first stage's gradient before its optimizer step (so momentum, weight decay, the lr schedule
-  and gradient clipping of the base optimizer apply to the sum).
+  update on the full batch plus ``meta_weight`` x the meta-gradient averaged over this step's
+  episodes (every held-out split under ``meta_splits=all``, see :mod:`dgmeta.meta.stepper`), added
+  to the first stage's gradient before its optimizer step (so momentum, weight decay, the lr
+  schedule and gradient clipping of the base optimizer apply to the sum).
 * ``offline``: the first ``offline_meta_steps`` calls of :meth:`step` are pure meta-updates of
   the initialisation, ``theta <- theta - meta_lr * meta-gradient`` (plain SGD, its own optimizer,
   learner objectives evaluated at progress 0, the point the initialisation is used from); after
@@ -19,6 +20,15 @@ Schedules (hparam ``meta_schedule``):
   ``step_count``/:meth:`progress` (learning-rate schedule, DANN's lambda(p)) count base steps
   only and start at 0 after the meta phase. A loop that calls :meth:`step` only ``steps`` times
   still works but trains the base learner for ``steps - offline_meta_steps`` steps.
+
+Inner step (hparams ``inner_lr``, ``inner_update``): each parameter steps ``inner_lr`` x its
+group's current outer learning rate (heads at ``head_lr_mult`` x the backbone's, as in the outer
+step; DomainBed's MLDG and Feature-Critic take their inner step at the outer learning rate), with
+the outer optimizer's kind of step (``inner_update=outer``: SGD for ``optimizer=sgd``, a fresh
+Adam's first step for ``adam``). ``inner_lr=0`` is the control "extra supervised term, no
+meta-learning": the term is then ``meta_weight`` x the held-out loss's plain gradient.
+``meta_update=shortest_path`` replaces first-order MAML by the path-sum gradient
+(:mod:`dgmeta.meta.gradient`).
 
 Extra parameters (a DANN discriminator, MCD's second classifier, a jigsaw head) need nothing
 special: the meta-gradient covers every trainable parameter of the learner.
@@ -45,10 +55,11 @@ import torch
 from dgmeta.errors import ConfigError
 from dgmeta.learners.base import Batch, Learner
 from dgmeta.meta.episodes import Episode
-from dgmeta.meta.gradient import MetaGradient, meta_gradient, trainable_params
-from dgmeta.meta.stepper import EpisodicStepper, MetaTerm, Params, require_finite
+from dgmeta.meta.gradient import INNER_RULES, METHODS, MetaGradient, meta_gradient, trainable_params
+from dgmeta.meta.stepper import EpisodicStepper, MetaTerm, Params, choose, require_finite
 
 SCHEDULES = ("online", "offline")
+INNER_UPDATES = ("outer",) + INNER_RULES
 _NAN_HINT = "lower --set inner_lr=... or --set meta_lr=..., or use --set meta_order=1"
 
 
@@ -58,26 +69,54 @@ class MetaInitTerm:
     name = "init"
 
     def __init__(self, hparams: dict):
-        self.inner_lr = float(hparams.get("inner_lr", 0.01))
+        #: a multiple of each parameter's outer learning rate
+        self.inner_lr = float(hparams.get("inner_lr", 1.0))
         self.inner_steps = int(hparams.get("inner_steps", 1))
         self.order = int(hparams.get("meta_order", 1))
         self.weight = float(hparams.get("meta_weight", 1.0))
+        self.method = choose(hparams, "meta_update", "maml", METHODS)
+        update = choose(hparams, "inner_update", "outer", INNER_UPDATES)
+        if update == "outer":
+            update = "adam" if str(hparams.get("optimizer", "sgd")) == "adam" else "sgd"
+        self.rule = update
         if self.order not in (1, 2):
             raise ConfigError(f"meta_order={self.order} is not supported", "pass --set meta_order=1 (first-order) or 2 (exact)")
         if self.inner_steps < 1:
             raise ConfigError(f"inner_steps={self.inner_steps} must be at least 1", "pass e.g. --set inner_steps=1")
+        if self.inner_lr < 0:
+            raise ConfigError(f"inner_lr={self.inner_lr} is negative", "pass a multiple of the outer learning rate, e.g. --set inner_lr=1 (0: no inner step)")
+        if self.method == "shortest_path" and self.order != 1:
+            raise ConfigError("meta_update=shortest_path is a first-order meta-gradient", "use --set meta_order=1 with it, or --set meta_update=maml")
 
-    def meta_gradient(self, learner: Learner, episode: Episode, progress: float) -> MetaGradient:
+    def meta_gradient(self, learner: Learner, episode: Episode, progress: float, step_sizes: dict[str, float]) -> MetaGradient:
+        alphas = {name: self.inner_lr * lr for name, lr in step_sizes.items()}
         result = meta_gradient(
-            learner, episode.meta_train, episode.meta_test, progress, self.inner_lr, self.inner_steps, self.order
+            learner, episode.meta_train, episode.meta_test, progress, alphas, self.inner_steps, self.order, self.rule, self.method
         )
         require_finite("meta-test loss", result.val_loss, learner, _NAN_HINT)
         return result
 
-    def gradients(self, learner: Learner, batch: Batch, episode: Episode, progress: float) -> tuple[Params, dict[str, float]]:
-        result = self.meta_gradient(learner, episode, progress)
-        grads = {name: self.weight * grad for name, grad in result.grads.items()}
-        return grads, meta_logs(result)
+    def mean_meta_gradient(
+        self, learner: Learner, episodes: list[Episode], progress: float, step_sizes: dict[str, float]
+    ) -> tuple[Params, dict[str, float]]:
+        """The meta-gradient averaged over ``episodes`` (unweighted), and the mean logs."""
+        total: Params = {}
+        logs: dict[str, float] = {}
+        for episode in episodes:
+            result = self.meta_gradient(learner, episode, progress, step_sizes)
+            for name, grad in result.grads.items():
+                total[name] = grad if name not in total else total[name] + grad
+            for key, value in meta_logs(result).items():
+                logs[key] = logs.get(key, 0.0) + value / len(episodes)
+        mean = {name: grad / len(episodes) for name, grad in total.items()}
+        logs["meta/grad_norm"] = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in mean.values()])))
+        return mean, logs
+
+    def gradients(
+        self, learner: Learner, batch: Batch, episodes: list[Episode], progress: float, step_sizes: dict[str, float]
+    ) -> tuple[Params, dict[str, float]]:
+        mean, logs = self.mean_meta_gradient(learner, episodes, progress, step_sizes)
+        return {name: self.weight * grad for name, grad in mean.items()}, logs
 
     def state_dict(self) -> dict:
         return {}  # stateless: the episode sampler and optimizers live in the stepper
@@ -132,11 +171,12 @@ class MetaInitStepper(EpisodicStepper):
 
     def _offline_meta_step(self, batch: Batch) -> dict[str, float]:
         self.learner.train()
-        result = self.init_term.meta_gradient(self.learner, self.next_episode(batch), progress=0.0)
+        with self.episode_mode():  # frozen batch norm under freeze_bn, as in the base steps
+            grads, logs = self.init_term.mean_meta_gradient(self.learner, self.next_episodes(batch), 0.0, self.step_sizes())
         self.meta_optimizer.zero_grad(set_to_none=True)
         params = trainable_params(self.learner)
         for name, param in params.items():
-            param.grad = result.grads[name]
+            param.grad = grads[name]
         # averaged over data-parallel ranks before clipping, as in the base step
         self.sync_gradients(list(params.values()))
         clip = float(self.hparams.get("grad_clip", 0.0))
@@ -145,7 +185,7 @@ class MetaInitStepper(EpisodicStepper):
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
         self.meta_steps_done += 1
-        return meta_logs(result)
+        return logs
 
     def state_dict(self) -> dict:
         state = super().state_dict()

@@ -1,6 +1,23 @@
-"""The common frame of the meta wrappers: a :class:`StageStepper` that draws one episode per step
+"""The common frame of the meta wrappers: a :class:`StageStepper` that draws the episodes of a step
 and lets each :class:`MetaTerm` (MetaDA's meta-gradient, Feature-Critic's auxiliary loss) add
 its gradient before the first stage's optimizer step.
+
+Episodes per step (hparam ``meta_splits``): ``all`` builds one episode per held-out split (every
+source held out once with ``meta_test_domains=1``, as DomainBed's MLDG does each step) and the
+terms average over them; ``sample`` draws one split (each source held out once per round of
+:class:`EpisodeSampler`), an unbiased but noisier estimate of the same all-splits mean.
+``meta_episode=target_shots`` (``ssda`` only) is MetaDA's SSDA episode instead: meta-train = every
+labelled source with the real unlabelled target images as the adaptation target, meta-test = the
+labelled target shots (domain index ``S``).
+
+Step sizes: :meth:`EpisodicStepper.step_sizes` gives every parameter its group's current outer
+learning rate (schedule applied), so a term's inner step ``inner_lr`` is a multiple of it
+(``inner_lr=0``: no inner step, the meta term is then a plain extra supervised gradient).
+
+Batch norm in episodes (hparam ``episode_bn``): ``base`` runs episodes in the mode the base step
+set (frozen statistics under ``freeze_bn``, as DomainBed); ``batch`` normalises every episode pass
+with its own batch statistics (the running averages are never moved, see
+:mod:`dgmeta.meta.gradient`).
 
 Meta terms add gradients to the parameters of the learner's *first* stage only: that is the
 stage whose optimizer steps right after :meth:`StageStepper.add_gradients`; gradients left on
@@ -10,17 +27,23 @@ dgmeta the first stage holds all parameters (MCD's step A trains G, F1 and F2).
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Protocol, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Protocol, Sequence
 
 import torch
 
-from dgmeta.errors import TrainingError
+from dgmeta.errors import ConfigError, TrainingError
 from dgmeta.learners.base import Batch, Learner
-from dgmeta.meta.episodes import Episode, EpisodeSampler, split_batch
+from dgmeta.meta.episodes import Episode, EpisodeSampler, split_batch, target_shot_episode
+from dgmeta.models.freezing import batchnorm_eval
 from dgmeta.training.stepper import StageStepper
 
 Params = dict[str, torch.Tensor]
+SPLITS = ("all", "sample")
+EPISODES = ("sources", "target_shots")
+EPISODE_BN = ("base", "batch")
 
 
 class MetaTerm(Protocol):
@@ -28,8 +51,11 @@ class MetaTerm(Protocol):
 
     name: str
 
-    def gradients(self, learner: Learner, batch: Batch, episode: Episode, progress: float) -> tuple[Params, dict[str, float]]:
-        """Gradients (parameter name -> tensor, already weighted) to add to the model's, and logs."""
+    def gradients(
+        self, learner: Learner, batch: Batch, episodes: list[Episode], progress: float, step_sizes: dict[str, float]
+    ) -> tuple[Params, dict[str, float]]:
+        """Gradients (parameter name -> tensor, already weighted and averaged over ``episodes``) to
+        add to the model's, and logs; ``step_sizes``: each parameter's outer learning rate now."""
 
     def state_dict(self) -> dict: ...
 
@@ -39,6 +65,13 @@ class MetaTerm(Protocol):
 def source_domain_count(learner: Learner) -> int:
     """Sources in a batch: the labelled domains, minus the target's shots under ``ssda``."""
     return learner.context.num_domains - (1 if learner.context.protocol == "ssda" else 0)
+
+
+def choose(hparams: dict, key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = str(hparams.get(key, default))
+    if value not in allowed:
+        raise ConfigError(f"unknown {key} {value!r}", f"use --set {key}=" + f" or {key}=".join(allowed))
+    return value
 
 
 def require_finite(what: str, value: torch.Tensor, learner: Learner, hint: str) -> None:
@@ -61,7 +94,7 @@ def leading_fraction_per_domain(domain: torch.Tensor, fraction: float) -> torch.
 
 class EpisodicStepper(StageStepper):
     """A :class:`StageStepper` whose first stage also gets the gradients of ``terms``, all computed
-    on one episode per step (drawn only when there are terms, so resumed runs draw the same ones)."""
+    on the same episodes each step (drawn only when there are terms, so resumed runs draw the same ones)."""
 
     def __init__(
         self,
@@ -73,8 +106,20 @@ class EpisodicStepper(StageStepper):
         terms: Sequence[MetaTerm] = (),
     ):
         super().__init__(learner, hparams, total_steps)
-        sources = source_domain_count(learner) if num_sources is None else int(num_sources)
-        self.sampler = EpisodeSampler(sources, int(hparams.get("meta_test_domains", 1)), seed)
+        self.sources = source_domain_count(learner) if num_sources is None else int(num_sources)
+        self.splits = choose(hparams, "meta_splits", "sample", SPLITS)
+        self.episode_kind = choose(hparams, "meta_episode", "sources", EPISODES)
+        self.episode_bn = choose(hparams, "episode_bn", "base", EPISODE_BN)
+        self.meta_test_domains = int(hparams.get("meta_test_domains", 1))
+        if self.episode_kind == "target_shots":
+            if learner.context.protocol != "ssda":
+                raise ConfigError(
+                    f"meta_episode=target_shots needs labelled target shots, which --protocol {learner.context.protocol} has none of",
+                    "use --protocol ssda, or --set meta_episode=sources",
+                )
+            self.sampler = None  # one fixed split: sources -> target shots
+        else:
+            self.sampler = EpisodeSampler(self.sources, self.meta_test_domains, seed)
         self.terms: list[MetaTerm] = list(terms)
         self._first_stage = set(learner.stage_parameter_names(self.stages[0]))
 
@@ -84,34 +129,93 @@ class EpisodicStepper(StageStepper):
                 return term
         raise KeyError(f"this stepper has no {name!r} meta term (it has: {', '.join(t.name for t in self.terms) or 'none'})")
 
-    def next_episode(self, batch: Batch) -> Episode:
-        meta_train_ids, meta_test_ids = self.sampler()
+    # -- episodes ----------------------------------------------------------------------------
+    def held_out_splits(self) -> list[tuple[list[int], list[int]]]:
+        """Every (meta-train, meta-test) split of the sources, meta-test ``meta_test_domains`` wide."""
+        out = []
+        for held_out in itertools.combinations(range(self.sources), self.meta_test_domains):
+            out.append(([d for d in range(self.sources) if d not in held_out], list(held_out)))
+        return out
+
+    def _episode_batch(self, batch: Batch) -> Batch:
         fraction = float(self.hparams.get("meta_batch_fraction", 1.0))
         if fraction < 1.0:
             batch = batch.select(leading_fraction_per_domain(batch.domain, fraction))
-        meta_train, meta_test = split_batch(batch, meta_train_ids, meta_test_ids)
-        return Episode(meta_train_ids, meta_test_ids, meta_train, meta_test)
+        return batch
 
+    def next_episode(self, batch: Batch) -> Episode:
+        """One episode: the sampler's next split (or the SSDA target-shot episode)."""
+        batch = self._episode_batch(batch)
+        if self.sampler is None:
+            return target_shot_episode(batch, self.sources)
+        meta_train_ids, meta_test_ids = self.sampler()
+        return Episode(meta_train_ids, meta_test_ids, *split_batch(batch, meta_train_ids, meta_test_ids))
+
+    def next_episodes(self, batch: Batch) -> list[Episode]:
+        """This step's episodes: every split under ``meta_splits=all``, else one."""
+        if self.sampler is None or self.splits == "sample":
+            return [self.next_episode(batch)]
+        batch = self._episode_batch(batch)
+        return [Episode(tr, te, *split_batch(batch, tr, te)) for tr, te in self.held_out_splits()]
+
+    # -- step sizes and batch norm -----------------------------------------------------------------
+    def step_sizes(self) -> dict[str, float]:
+        """Each trainable parameter's current outer learning rate (its first stage's group wins)."""
+        names = {id(p): n for n, p in self.learner.named_parameters()}
+        sizes: dict[str, float] = {}
+        for stage in self.stages:
+            for group in self.optimizers[stage.name].param_groups:
+                for param in group["params"]:
+                    sizes.setdefault(names[id(param)], float(group["lr"]))
+        return sizes
+
+    @contextmanager
+    def episode_mode(self) -> Iterator[None]:
+        """Batch-norm mode for episode passes: the base step's (``base``) or batch statistics (``batch``)."""
+        norms = [m for m in self.learner.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        before = [m.training for m in norms]
+        if self.episode_bn == "batch":
+            for m in norms:
+                m.train()
+        elif self.hparams.get("freeze_bn", False):
+            batchnorm_eval(self.learner)
+        try:
+            yield
+        finally:
+            for m, mode in zip(norms, before):
+                m.train(mode)
+
+    # -- the step -------------------------------------------------------------------------------
     def add_gradients(self, batch: Batch, progress: float) -> dict[str, float]:
         if not self.terms:
             return {}
-        episode = self.next_episode(batch)
+        episodes = self.next_episodes(batch)
+        sizes = self.step_sizes()
         params = dict(self.learner.named_parameters())
+        base_sq = sum(float(params[n].grad.pow(2).sum()) for n in self._first_stage if params[n].grad is not None)
+        added: dict[str, torch.Tensor] = {}
         logs: dict[str, float] = {}
-        for term in self.terms:
-            grads, term_logs = term.gradients(self.learner, batch, episode, progress)
-            for name, grad in grads.items():
-                if name not in self._first_stage:
-                    continue
-                param = params[name]
-                param.grad = grad.clone() if param.grad is None else param.grad.add_(grad)
-            logs.update(term_logs)
+        with self.episode_mode():
+            for term in self.terms:
+                grads, term_logs = term.gradients(self.learner, batch, episodes, progress, sizes)
+                for name, grad in grads.items():
+                    if name in self._first_stage:
+                        added[name] = grad if name not in added else added[name] + grad
+                logs.update(term_logs)
+        for name, grad in added.items():
+            param = params[name]
+            param.grad = grad.clone() if param.grad is None else param.grad.add_(grad)
+        added_sq = sum(float(g.pow(2).sum()) for g in added.values())
+        # what a step-size-matched control needs: how far the meta terms lengthen the base gradient
+        if base_sq > 0:
+            logs["meta/added_to_base_norm"] = math.sqrt(added_sq / base_sq)
+        logs["meta/episodes"] = float(len(episodes))
         return logs
 
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["meta"] = {
-            "sampler": self.sampler.state_dict(),
+            "sampler": None if self.sampler is None else self.sampler.state_dict(),
             "terms": {term.name: term.state_dict() for term in self.terms},
         }
         return state
@@ -119,6 +223,7 @@ class EpisodicStepper(StageStepper):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         meta = state["meta"]
-        self.sampler.load_state_dict(meta["sampler"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(meta["sampler"])
         for term in self.terms:
             term.load_state_dict(meta["terms"][term.name])

@@ -25,7 +25,7 @@ from dgmeta.config import RunConfig
 from dgmeta.errors import ConfigError
 from dgmeta.evaluation.selection import SELECTION_RULE
 
-DEFAULT_PROTOCOL = {"dann": "msda", "mcd": "msda"}
+DEFAULT_PROTOCOL = {"dann": "msda", "mcd": "msda", "mme": "ssda"}
 #: defaults that only make sense for pretrained weights, replaced under --weights none unless --set
 FROM_SCRATCH = {"freeze_levels": 0, "freeze_bn": False}
 
