@@ -7,12 +7,13 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from dgmeta.device import check_precision, resolve_device
 from dgmeta.errors import ConfigError
 from dgmeta.training.allocator import check_memory_mode
 from dgmeta.training.averaging import check_average
 
 # Fields that do not change what is computed are left out of the hash.
-_NOT_HASHED = {"tracking_uri", "experiment", "quiet", "data_root", "cache_dir", "run_name", "targets", "seeds", "fewshot", "resume", "checkpoint_every", "nproc", "cache", "memory", "test_every_eval"}
+_NOT_HASHED = {"tracking_uri", "experiment", "quiet", "data_root", "cache_dir", "run_name", "targets", "seeds", "fewshot", "resume", "checkpoint_every", "nproc", "cache", "memory", "test_every_eval", "device"}
 
 
 @dataclass
@@ -36,7 +37,8 @@ class RunConfig:
     cache_dir: str | None = None
     experiment: str = "dgmeta"
     tracking_uri: str | None = None
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (dgmeta.device)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (dgmeta.device); same numbers up to rounding, so not hashed
     channels_last: bool = True
     deterministic: bool = False
     checkpoint_every: int = 0
@@ -63,8 +65,7 @@ class RunConfig:
             raise ConfigError(f"unknown --split {self.split!r}", "choose official or random")
         if self.protocol is not None and self.protocol not in ("dg", "msda", "ssda"):
             raise ConfigError(f"unknown --protocol {self.protocol!r}", "choose one of: dg, msda, ssda")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"unknown --precision {self.precision!r}", "choose fp32 or bf16")
+        check_precision(self.precision, resolve_device(self.device), self.meta)
         if not self.seeds:
             raise ConfigError("no --seed given", "pass at least one, e.g. --seed 0")
         if self.cache not in ("auto", "disk", "stream"):

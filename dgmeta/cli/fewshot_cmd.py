@@ -29,6 +29,7 @@ def fewshot(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db"),
     experiment: str = typer.Option(DEFAULT_EXPERIMENT, "--experiment", help="MLflow experiment of the few-shot run"),
     output: Optional[Path] = typer.Option(None, "--output", help="also write the report as Markdown to this file"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N: where the network embeds and adapts (auto: CUDA when present)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Few-shot accuracy (mean ± 95% CI over shared episodes) of a trained model on one domain."""
@@ -40,7 +41,11 @@ def fewshot(
     from dgmeta.models.checkpoint import load_network
     from dgmeta.tracking.mlflow_run import Tracking, resolve_tracking_uri
 
+    from dgmeta.device import configure_device, device_label, resolve_device
+
     # Everything a user can get wrong is checked before images are decoded or embedded.
+    run_device = resolve_device(device)
+    configure_device(run_device)
     shot_list = parse_shots(shots)
     ways_value = parse_ways(ways)
     check_episodes(episodes)
@@ -50,6 +55,7 @@ def fewshot(
     uri = resolve_tracking_uri(tracking_uri)
     model_path = resolve_model(model, tracking_uri=uri)
     network, meta = load_network(model_path)
+    network.to(run_device)
     build_methods(method_names, network, meta, finetune_all)
     dataset = create_dataset(data, data_root)
     dataset.check_domain(domain)
@@ -77,7 +83,7 @@ def fewshot(
         "ways": report.ways, "shots": ",".join(map(str, shot_list)), "queries": queries, "episodes": episodes,
         "methods": ",".join(method_names), "finetune_all": finetune_all, "seed": seed, "image_size": size,
         "backbone": meta.get("backbone"), "model_dataset": meta.get("dataset"), "model_target": meta.get("target"),
-        "model_meta_mode": meta.get("meta_mode"),
+        "model_meta_mode": meta.get("meta_mode"), "device": device, "device.resolved": device_label(run_device),
     }
     tags = {
         "dgmeta.fewshot.model": model,

@@ -12,13 +12,14 @@ def retrain(
     force: bool = typer.Option(False, "--force", help="retrain even if neither data nor config changed since the champion"),
     margin: Optional[float] = typer.Option(None, "--margin", help="percentage points of mean test_acc the challenger must gain [spec's register.margin]"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="default: spec, $MLFLOW_TRACKING_URI or sqlite:///mlruns.db"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N [spec or auto]"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="hyperparameter override key=value (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Train a challenger, compare it with the registered champion and promote it only if it is better by the margin."""
     from dgmeta.orchestration.retrain import retrain as run_retrain
 
-    overrides = {"tracking_uri": tracking_uri, "quiet": True if quiet else None}
+    overrides = {"tracking_uri": tracking_uri, "device": device, "quiet": True if quiet else None}
     decision = run_retrain(pipeline, force=force, margin=margin, cli_overrides=overrides, set_overrides=list(set_ or []))
     typer.echo(decision.one_line())
 

@@ -33,7 +33,8 @@ def run(
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="decoded-image cache; default $DGMETA_CACHE or ~/.cache/dgmeta"),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment name [dgmeta]"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 (CPU autocast)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16: autocast on the device (fp16: CUDA only, with loss scaling) [fp32]"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (auto: CUDA when present) [auto]"),
     nproc: Optional[int] = typer.Option(None, "--nproc", help="data-parallel processes on this machine, launched through torchrun; --batch-size stays per process [1]"),
     cache: Optional[str] = typer.Option(None, "--cache", help="auto | disk | stream: decoded-image cache on disk, or decode on the fly (auto: stream lists over 50k images) [auto]"),
     memory: Optional[str] = typer.Option(None, "--memory", help="lean | fast: return freed memory to the OS, or keep it for the next step (faster on CPU, a few hundred MiB more) [lean]"),
@@ -55,6 +56,7 @@ def run(
         "image_size": image_size, "seeds": list(seed) if seed else None, "backbone": backbone,
         "weights": weights, "split": split, "shots": shots, "eval_every": eval_every, "data_root": data_root,
         "cache_dir": cache_dir, "experiment": experiment, "tracking_uri": tracking_uri, "precision": precision,
+        "device": device,
         "checkpoint_every": checkpoint_every, "resume": resume,
         "nproc": nproc, "cache": cache, "memory": memory,
         "train_image_size": train_image_size, "average": average,
@@ -94,7 +96,9 @@ def run(
         from dgmeta.training import distributed
 
         if run_config.nproc > 1 and not distributed.launched_by_torchrun():
-            sys.exit(distributed.relaunch(run_config.nproc))  # validated above, so a typo fails before any worker starts
+            from dgmeta.device import resolve_device
+
+            sys.exit(distributed.relaunch(run_config.nproc, device=resolve_device(run_config.device)))  # validated above, so a typo fails before any worker starts
         result = run_experiment(run_config, plan)
         if not distributed.current().is_main:
             return  # only rank 0 reports and runs the few-shot stage

@@ -41,6 +41,8 @@ def sweep(
     image_size: Optional[int] = typer.Option(None, "--image-size"),
     split: Optional[str] = typer.Option(None, "--split"),
     eval_every: Optional[int] = typer.Option(None, "--eval-every"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N [spec or auto]"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16 | fp16 [spec or fp32]"),
     data_root: Optional[str] = typer.Option(None, "--data-root"),
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir"),
     experiment: Optional[str] = typer.Option(None, "--experiment"),
@@ -66,7 +68,7 @@ def sweep(
     options = {
         "targets": list(target) if target else None, "seeds": seed_list, "base": base, "meta": meta, "protocol": protocol,
         "backbone": backbone, "weights": weights, "steps": steps, "batch_size": batch_size, "image_size": image_size,
-        "split": split, "eval_every": eval_every, "data_root": data_root, "cache_dir": cache_dir,
+        "split": split, "eval_every": eval_every, "device": device, "precision": precision, "data_root": data_root, "cache_dir": cache_dir,
         "experiment": experiment, "tracking_uri": tracking_uri, "quiet": True,
     }
     config, name = _base_config(source, options, list(set_ or []))

@@ -10,6 +10,7 @@ def fewshot_stage(config: RunConfig, plan, result, options: dict | None = None) 
     import mlflow
 
     from dgmeta.data import labels_of, load_images
+    from dgmeta.device import resolve_device
     from dgmeta.evaluation.fewshot import log_fewshot, run_fewshot
     from dgmeta.models.checkpoint import load_network
     from dgmeta.tracking.mlflow_run import resolve_tracking_uri
@@ -21,6 +22,7 @@ def fewshot_stage(config: RunConfig, plan, result, options: dict | None = None) 
     reports = []
     for run in result.runs:
         network, meta = load_network(run.model_path)
+        network.to(resolve_device(config.device))
         samples = plan.dataset.samples(run.target, "test")
         images = load_images(samples, int(meta["image_size"]), cache_dir=config.cache_dir, progress=not config.quiet)
         report = run_fewshot(

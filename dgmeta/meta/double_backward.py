@@ -26,7 +26,9 @@ On EfficientNet-Lite0 the first two took 48% and 29% of a second-order meta-grad
 
 Forward values are PyTorch's; gradients of first and second order equal PyTorch's (tests compare
 them in float64); only the graph is cheaper to differentiate. Outside the context nothing
-changes, and first-order training never enters it.
+changes, and first-order training never enters it. Only CPU tensors are substituted: the gain
+was measured on CPU kernels, and on CUDA (cuDNN's kernels, no such measurement yet) the context
+leaves every operation to PyTorch.
 """
 
 from __future__ import annotations
@@ -232,7 +234,8 @@ class fast_double_backward(TorchFunctionMode):
         if func is torch.conv2d:
             call = {**_CONV2D_DEFAULTS, **dict(zip(_CONV2D_ARGS, args)), **kwargs}
             x, weight = call["input"], call["weight"]
-            differentiable = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+            # CPU only: the gain was measured on CPU kernels; CUDA tensors take PyTorch's own path
+            differentiable = x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
             if differentiable and _is_pointwise(call):
                 return pointwise_conv_as_linear(x, weight, call["bias"])
             if (
@@ -247,7 +250,7 @@ class fast_double_backward(TorchFunctionMode):
         elif func is F.batch_norm:
             call = {**_BATCH_NORM_DEFAULTS, **dict(zip(_BATCH_NORM_ARGS, args)), **kwargs}
             x = call["input"]
-            if call["training"] and x.dim() >= 2 and torch.is_grad_enabled() and x.requires_grad:
+            if call["training"] and x.dim() >= 2 and x.device.type == "cpu" and torch.is_grad_enabled() and x.requires_grad:
                 return BatchNormBatchStats.apply(
                     x, call["running_mean"], call["running_var"], call["weight"], call["bias"], call["momentum"], call["eps"]
                 )

@@ -121,7 +121,8 @@ class PipelineSpec(_Section):
     split: Literal["official", "random"] | None = None
     shots: int | None = Field(None, gt=0)
     eval_every: int | None = Field(None, gt=0)
-    precision: Literal["fp32", "bf16"] | None = None
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
+    device: str | None = None  # auto | cpu | cuda | cuda:N, checked by RunConfig.validate (dgmeta.device)
     memory: Literal["lean", "fast"] | None = None
     train_image_size: int | None = Field(None, ge=16)
     average: Literal["none", "ema", "swad"] | None = None

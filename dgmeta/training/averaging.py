@@ -55,6 +55,17 @@ class Averager:
         pass
 
 
+def _on_device_of(averaged: dict[str, Tensor] | None, reference: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """``averaged`` on the device of ``reference``: a checkpoint is loaded onto the CPU, and the
+    averages then continue where the model trains (on a GPU they stay there, no copy per step)."""
+    if not averaged or not reference:
+        return averaged
+    device = next(iter(reference.values())).device
+    if next(iter(averaged.values())).device == device:
+        return averaged
+    return {k: v.to(device) for k, v in averaged.items()}
+
+
 class EMA(Averager):
     name = "ema"
 
@@ -68,6 +79,7 @@ class EMA(Averager):
     @torch.no_grad()
     def update(self, module: nn.Module, step: int) -> None:
         state = _float_state(module)
+        self.shadow = _on_device_of(self.shadow, state)
         if self.shadow is None:
             self.shadow = {k: v.detach().clone() for k, v in state.items()}
         else:
@@ -96,6 +108,7 @@ class _Segment:
         self.count = 0
 
     def add(self, state: dict[str, Tensor]) -> None:
+        self.total = _on_device_of(self.total, state)
         if self.total is None:
             self.total = {k: v.detach().double().clone() for k, v in state.items()}
         else:
@@ -106,6 +119,7 @@ class _Segment:
     def merge(self, other: "_Segment") -> None:
         if other.total is None:
             return
+        self.total = _on_device_of(self.total, other.total)
         if self.total is None:
             self.total = {k: v.clone() for k, v in other.total.items()}
         else:
@@ -188,7 +202,7 @@ class SWAD(Averager):
         if total.total is None or total.count == 0:
             return None
         reference = _float_state(module)
-        return {k: (v / total.count).to(reference[k].dtype) for k, v in total.total.items()}
+        return {k: (v / total.count).to(reference[k].device, reference[k].dtype) for k, v in total.total.items()}
 
     def averaged_steps(self) -> int:
         return self.committed.count if self.started and self.committed.count else sum(s.count for s in self.pending[-self.converge :] + [self.current])

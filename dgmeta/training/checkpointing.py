@@ -71,6 +71,9 @@ def capture_rng() -> dict[str, Any]:
             "gauss": float(numpy_state["gauss"]),
         },
         "torch": torch.get_rng_state(),
+        # dropout and JiGen's draws on a GPU come from its own generators; empty when CUDA is
+        # unused, so a CPU checkpoint stays loadable anywhere
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
 
 
@@ -85,6 +88,14 @@ def restore_rng(state: dict[str, Any]) -> None:
         "gauss": numpy_state["gauss"],
     })
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        if len(cuda) != torch.cuda.device_count():
+            raise ConfigError(
+                f"the checkpoint holds the random state of {len(cuda)} GPU(s), this machine has {torch.cuda.device_count()}",
+                "resume on a machine with as many GPUs (the same CUDA_VISIBLE_DEVICES)",
+            )
+        torch.cuda.set_rng_state_all(cuda)
 
 
 # -- guards ---------------------------------------------------------------------------------------

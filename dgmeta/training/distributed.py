@@ -102,10 +102,13 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in _TORCHRUN_VARIABLES)
 
 
-def default_backend() -> str:
+def default_backend(device: torch.device | None = None) -> str:
+    """NCCL for the CUDA tensors of a run on CUDA (gradients reduced on the GPU), gloo for CPU
+    tensors (a CPU run's gradients, the evaluation counts)."""
     if os.environ.get("DGMETA_DIST_BACKEND"):
         return os.environ["DGMETA_DIST_BACKEND"]
-    if torch.cuda.is_available() and torch.distributed.is_nccl_available():
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if on_cuda and torch.distributed.is_nccl_available():
         return "cpu:gloo,cuda:nccl"
     return "gloo"
 
@@ -117,18 +120,19 @@ def current() -> DistContext:
     return SINGLE
 
 
-def setup(backend: str | None = None) -> DistContext:
+def setup(backend: str | None = None, device: torch.device | None = None) -> DistContext:
     """Join the process group torchrun described in the environment (idempotent); a plain run
-    (no torchrun variables, or ``WORLD_SIZE=1``) gets :data:`SINGLE`."""
+    (no torchrun variables, or ``WORLD_SIZE=1``) gets :data:`SINGLE`. ``device``: the run's
+    (``dgmeta.device.resolve_device``), which picks the backend."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
         return current()
     if not torch.distributed.is_available():
         raise ConfigError("this torch build has no torch.distributed", "install a torch build with distributed support, or run without --nproc")
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend=backend or default_backend())
+        if device is not None and device.type == "cuda":
+            torch.cuda.set_device(device)  # before NCCL starts: each rank's communicator on its own GPU
+        torch.distributed.init_process_group(backend=backend or default_backend(device))
         atexit.register(teardown)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return current()
 
 
@@ -344,7 +348,7 @@ def launch_command(nproc: int, args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "dgmeta", *args]
 
 
-def relaunch(nproc: int, argv: Sequence[str] | None = None) -> int:
+def relaunch(nproc: int, argv: Sequence[str] | None = None, device: torch.device | None = None) -> int:
     """Run this ``dgmeta`` command line (``argv``, default ``sys.argv[1:]``) in ``nproc`` processes
     on this machine through ``torch.distributed.run``; returns its exit code. The workers get the
     same command line without ``--nproc`` (their world size comes from torchrun's variables)."""
@@ -358,12 +362,25 @@ def relaunch(nproc: int, argv: Sequence[str] | None = None) -> int:
             "run `dgmeta run ... --nproc N`, or launch with `torchrun --nproc_per_node N -m dgmeta run ...`",
         )
     env = dict(os.environ)
-    # each rank gets an equal share of the cores instead of all of them, and idle OpenMP threads
-    # sleep instead of spinning: spinning threads on shared cores slowed meta-learning steps
-    # up to 13x (benchmarks/README.md)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if device is not None and device.type == "cuda":
+        # one process per GPU; the thread caps below were measured for CPU training only
+        check_gpu_count(nproc, args)
+    else:
+        # each rank gets an equal share of the cores instead of all of them, and idle OpenMP threads
+        # sleep instead of spinning: spinning threads on shared cores slowed meta-learning steps
+        # up to 13x (benchmarks/README.md)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return subprocess.call(launch_command(nproc, forwarded), env=env)
+
+
+def check_gpu_count(nproc: int, args: Sequence[str]) -> None:
+    """``--nproc`` on a CUDA run means GPUs: one rank per GPU, ``cuda:LOCAL_RANK``."""
+    count = torch.cuda.device_count()
+    if nproc > count:
+        raise ConfigError(f"--nproc {nproc} on CUDA needs {nproc} GPUs, this machine has {count}", f"pass --nproc {count} or fewer, or --device cpu")
+    if any(a.startswith("cuda:") or a.startswith("--device=cuda:") for a in args):
+        raise ConfigError("--device cuda:N with --nproc: every rank would use the same GPU", "pass --device cuda (rank r takes cuda:r)")
 
 
 def _without_nproc(args: Sequence[str]) -> list[str]:

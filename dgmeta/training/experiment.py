@@ -174,6 +174,13 @@ def flat_params(config: RunConfig, hparams: dict, **extra) -> dict[str, object]:
     return params
 
 
+def device_params(device: torch.device) -> dict[str, str]:
+    """The device a run computed on, for MLflow next to the ``device`` it was asked for."""
+    from dgmeta.device import device_label
+
+    return {"device.resolved": device_label(device)}
+
+
 def run_experiment(config: RunConfig, plan: ResolvedPlan | None = None) -> ExperimentResult:
     from contextlib import ExitStack
 
@@ -184,12 +191,16 @@ def run_experiment(config: RunConfig, plan: ResolvedPlan | None = None) -> Exper
     from dgmeta.training.resume import find_resume_point, missing_params, reopen
     from dgmeta.training.signals import RunInterrupted, StopRequests, stop_signals
 
+    from dgmeta.device import resolve_device
+
     plan = plan or resolve_plan(config)
-    configure_allocator(config.memory)
-    dist = setup()  # joins torchrun's process group; only rank 0 talks to MLflow
+    device = resolve_device(config.device)
+    if device.type == "cpu":  # its gain was measured on CPU training steps only (dgmeta.training.allocator)
+        configure_allocator(config.memory)
+    dist = setup(device=device)  # joins torchrun's process group; only rank 0 talks to MLflow
     tracking = dist.tracking(lambda: Tracking(config.tracking_uri, config.experiment))
     config_hash = config.config_hash(protocol=plan.protocol)
-    params = flat_params(config, plan.hparams, targets=",".join(plan.targets), seeds=",".join(map(str, config.seeds)))
+    params = flat_params(config, plan.hparams, targets=",".join(plan.targets), seeds=",".join(map(str, config.seeds)), **device_params(device))
     # Checkpoints, --resume and clean stops are single-process features: under DDP a rank that
     # stopped on its own would leave the others waiting in a collective.
     single = not dist.enabled
@@ -261,8 +272,12 @@ def run_job(
     if folder is not None:
         checkpoint = folder.job(target, seed, {"config_hash": config_hash, "backbone": config.backbone, "target": target, "seed": seed})
     try:
+        from dgmeta.device import configure_device, grad_scaler, resolve_device
+
         seed_everything(seed, config.deterministic)
         dist = current()
+        device = resolve_device(config.device)
+        configure_device(device, config.deterministic)
         with dist.main_first():  # rank 0 builds the decoded-image cache, the other ranks then read it
             data = prepare_job_data(dataset, target, plan.protocol, config.image_size, config.cache_dir, config.shots, seed, not config.quiet and dist.is_main, config.cache)
         num_sources = len(data.sources)
@@ -274,13 +289,14 @@ def run_job(
             protocol=plan.protocol,
             total_steps=config.steps,
         )
-        learner = create_learner(config.base, network, context, plan.hparams)
-        stepper = make_stepper(config.meta, learner, plan.hparams, config.steps, num_sources, seed)
+        learner = create_learner(config.base, network, context, plan.hparams).to(device)  # heads and discriminators too
+        stepper = make_stepper(config.meta, learner, plan.hparams, config.steps, num_sources, seed)  # optimizers over the moved parameters
+        stepper.scaler = grad_scaler(config.precision, device)
         dist.attach(stepper)  # DDP: same start on every rank, gradients averaged before each optimizer step
-        child.log_params(missing_params(existing, flat_params(config, plan.hparams, target=target, seed=seed, protocol=plan.protocol, split_kind=dataset.split_kind, world_size=dist.world_size)))
+        child.log_params(missing_params(existing, flat_params(config, plan.hparams, target=target, seed=seed, protocol=plan.protocol, split_kind=dataset.split_kind, world_size=dist.world_size, **device_params(device))))
         if data.shot_files:
             child.log_text("\n".join(data.shot_files), "ssda_labelled_shots.txt")
-        batches = BatchSource(data, config.batch_size, seed, augment=plan.hparams.get("augment", "standard") != "none", dist=dist, train_size=config.effective_train_size)
+        batches = BatchSource(data, config.batch_size, seed, augment=plan.hparams.get("augment", "standard") != "none", dist=dist, train_size=config.effective_train_size, device=device)
         trainer = Trainer(
             learner, stepper, data, batches, total_calls(stepper), config.eval_every, config.precision,
             on_metrics=child.log_metrics, progress=not config.quiet and dist.is_main,

@@ -52,6 +52,10 @@ class StageStepper:
             stage.name: self._make_optimizer(stage) for stage in self.stages
         }
         self.step_count = 0
+        #: fp16's loss scaler (dgmeta.device.grad_scaler), or None: each stage's loss is scaled
+        #: before its backward and the gradients unscaled before clipping and the step, which
+        #: the scaler skips when they overflowed
+        self.scaler: torch.amp.GradScaler | None = None
         #: averages ``.grad`` over data-parallel processes; set by dgmeta.training.distributed.attach
         self.gradient_sync: Callable[[list[torch.Tensor]], None] | None = None
 
@@ -96,15 +100,22 @@ class StageStepper:
                 opt.zero_grad(set_to_none=True)
                 objective = self.learner(batch, stage=stage.name, progress=p)
                 self._check_finite(stage, objective)
-                objective.loss.backward()
+                scaler = self.scaler
+                (objective.loss if scaler is None else scaler.scale(objective.loss)).backward()
                 if index == 0:
                     logs.update(self.add_gradients(batch, p))
                 params = [q for g in opt.param_groups for q in g["params"]]
                 self.sync_gradients(params)
+                if scaler is not None:
+                    scaler.unscale_(opt)
                 clip = float(self.hparams.get("grad_clip", 0.0))
                 if clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, clip)
-                opt.step()
+                if scaler is None:
+                    opt.step()
+                else:  # updated per optimizer step: MCD steps one optimizer num_k times a step
+                    scaler.step(opt)
+                    scaler.update()
                 prefix = "" if len(self.stages) == 1 else f"{stage.name}/"
                 for name, value in objective.terms.items():
                     logs[prefix + name] = float(value)
@@ -134,15 +145,20 @@ class StageStepper:
 
     # -- persistence ---------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
+        state = {
             "step_count": self.step_count,
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step_count"])
         for name, opt_state in state["optimizers"].items():
             self.optimizers[name].load_state_dict(opt_state)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def trainable_parameters(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -20,7 +20,8 @@ from typing import Callable
 
 import torch
 
-from dgmeta.evaluation.accuracy import accuracy, precision_context, predict_array, predict_with_loss, to_float_images
+from dgmeta.device import autocast, host_to_device, module_device
+from dgmeta.evaluation.accuracy import accuracy, predict_array, predict_with_loss, to_float_images
 from dgmeta.errors import TrainingError
 from dgmeta.evaluation.selection import Checkpoint, SelectionHistory
 from dgmeta.learners.base import Batch, Learner
@@ -44,16 +45,20 @@ class TrainOutcome:
 class BatchSource:
     """Draws one step's batch: ``batch_size`` images from every source (and the target)."""
 
-    def __init__(self, data: JobData, batch_size: int, seed: int, augment: bool, dist=None, train_size: int | None = None):
+    def __init__(self, data: JobData, batch_size: int, seed: int, augment: bool, dist=None, train_size: int | None = None, device: torch.device | str = "cpu"):
         from dgmeta.data import augment_batch
         from dgmeta.training.distributed import SINGLE, make_batches
+
+        # uint8 images cross to the device (4x fewer bytes than floats); conversion, resizing and
+        # augmentation run there, their random numbers drawn from a generator on that device
+        self.device = torch.device(device)
 
         # ``dist``: under DDP each rank draws its slice of the global batch (dgmeta.training.distributed)
         dist = dist or SINGLE
         batches = lambda d, size, seed: make_batches(d.images, d.labels, size, seed, dist)  # noqa: E731
         self._augment = augment_batch if augment else None
         self.train_size = train_size  # None: the decoded size
-        self.generator = torch.Generator().manual_seed(seed + 7919 * dist.rank)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed + 7919 * dist.rank)
         self.sources = [batches(d, batch_size, seed * 1000 + i) for i, d in enumerate(data.train)]
         self.shots = None
         if data.target_shots is not None:
@@ -65,7 +70,7 @@ class BatchSource:
     def _prepare(self, x_uint8: torch.Tensor) -> torch.Tensor:
         from dgmeta.data.augment import resize_batch
 
-        x = to_float_images(x_uint8)
+        x = to_float_images(host_to_device(x_uint8, self.device))
         if self._augment is not None:
             return self._augment(x, self.generator, size=self.train_size)
         return resize_batch(x, self.train_size) if self.train_size else x
@@ -80,7 +85,8 @@ class BatchSource:
             ds.append(torch.full((len(y),), index, dtype=torch.long))
         x = self._prepare(torch.cat(xs))
         target_x = self._prepare(self.target.next()[0]) if self.target is not None else None
-        return Batch(x, torch.cat(ys), torch.cat(ds), target_x)
+        labels = host_to_device(torch.cat(ys), self.device)
+        return Batch(x, labels, host_to_device(torch.cat(ds), self.device), target_x)
 
     def state_dict(self) -> dict:
         return {
@@ -246,12 +252,13 @@ class Trainer:
         from dgmeta.training.progress import StepProgress
 
         started = time.perf_counter()
+        device_type = module_device(self.learner).type
         with StepProgress(self.steps, self.description, enabled=self.progress, start=self.start_step) as bar, self.stop.deferred():
             for step in range(self.start_step, self.steps):
                 t0 = time.perf_counter()
                 batch = self.batches.next()
                 t1 = time.perf_counter()
-                with precision_context(self.precision):
+                with autocast(self.precision, device_type):
                     logs = self._step(batch)
                 t2 = time.perf_counter()
                 self.data_seconds += t1 - t0
@@ -315,7 +322,7 @@ class Trainer:
             "stepper": self.stepper.state_dict(),
             "batches": self.batches.state_dict(),
             "rng": capture_rng(),
-            "history": [{"step": c.step, "val": c.val, "test": c.test, "val_loss": c.val_loss, "weights": c.weights} for c in self.history.checkpoints],
+            "history": [{"step": c.step, "val": c.val, "test": c.test, "val_loss": c.val_loss, "weights": c.weights, "train_seconds": c.train_seconds} for c in self.history.checkpoints],
             "averager": self.averager.state_dict(),
             "selected_state": self.selected_state,
             "losses": {name: [[s, v] for s, v in values] for name, values in self.losses.items()},

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dgmeta.device import module_device
 from dgmeta.errors import ConfigError
 from dgmeta.evaluation.fewshot import adapt
 from dgmeta.registry import Registry
@@ -137,11 +138,22 @@ class Finetune(FewShotMethod):
         if not self.finetune_all:
             return adapt.normalized_linear_logits(task.query_features, head).argmax(1)
         featurizer = self._featurizer()
+        head, support_x, support_y, query_x = on_device_of(featurizer, head, task)
         adapted = adapt.adapt_all_layers(
-            featurizer, head, adapt.normalized_linear_logits, task.support_images, task.support_labels,
+            featurizer, head, adapt.normalized_linear_logits, support_x, support_y,
             steps=self.all_steps, lr=self.all_lr, head_lr=self.all_head_lr, momentum=0.9,
         )
-        return adapt.predict_adapted(featurizer, adapted, adapt.normalized_linear_logits, task.query_images)
+        return adapt.predict_adapted(featurizer, adapted, adapt.normalized_linear_logits, query_x).cpu()
+
+
+def on_device_of(featurizer: nn.Module, head: dict[str, Tensor], task: Task):
+    """The head, support images and labels and query images where ``featurizer`` computes (the
+    cached features and the episode's labels stay on the CPU, where the cheap methods use them)."""
+    device = module_device(featurizer)
+    return (
+        {k: v.to(device) for k, v in head.items()},
+        task.support_images.to(device), task.support_labels.to(device), task.query_images.to(device),
+    )
 
 
 def is_init_model(meta: dict) -> bool:
@@ -197,11 +209,12 @@ class ProtoMAML(FewShotMethod):
         # Cached features come from the same eval-mode featurizer: the un-adapted support features.
         support = F.normalize(task.support_features, dim=-1)
         head = adapt.proto_head(support, task.support_labels, task.ways, self.temperature)
+        head, support_x, support_y, query_x = on_device_of(featurizer, head, task)
         adapted = adapt.adapt_all_layers(
-            featurizer, head, adapt.normalized_linear_logits, task.support_images, task.support_labels,
+            featurizer, head, adapt.normalized_linear_logits, support_x, support_y,
             steps=self.steps, lr=self.lr, max_halvings=self.max_halvings,
         )
-        return adapt.predict_adapted(featurizer, adapted, adapt.normalized_linear_logits, task.query_images)
+        return adapt.predict_adapted(featurizer, adapted, adapt.normalized_linear_logits, query_x).cpu()
 
 
 def method_names() -> list[str]:
