@@ -2,12 +2,17 @@
 
 ``default_hparams(base, meta)`` gives the defaults; ``random_hparams(base, meta, seed)`` draws
 a reproducible random configuration for sweeps. ``--set key=value`` overrides either, with the
-value parsed to the default's type. Unknown keys are refused.
+value parsed to the default's type. Unknown keys are refused, and every value is checked against
+its declared :class:`Domain` (a range or a set of choices) in :func:`apply_overrides`, the one
+door through which ``--set``, pipeline specs and sweeps pass: a run that would crash on a negative
+learning rate or silently train with an unknown schedule is refused before it exists.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -15,68 +20,141 @@ from dgmeta.errors import ConfigError
 
 Draw = Callable[[np.random.RandomState], Any]
 
-# name -> (default, random draw, help)
-_COMMON: dict[str, tuple[Any, Draw, str]] = {
-    "lr": (1e-4, lambda r: float(10 ** r.uniform(-4.5, -3.3)), "learning rate of the backbone (for --set optimizer=sgd use about 0.01)"),
-    "head_lr_mult": (10.0, lambda r: float(r.choice([1.0, 10.0])), "learning-rate multiplier for heads trained from scratch"),
-    "momentum": (0.9, lambda r: 0.9, "SGD momentum (Nesterov)"),
-    "weight_decay": (5e-4, lambda r: float(10 ** r.uniform(-6, -3)), "L2 weight decay"),
-    "lr_schedule": ("cosine", lambda r: "cosine", "cosine | constant | dann (mu0/(1+10p)^0.75)"),
-    "warmup_steps": (0, lambda r: 0, "linear warm-up steps"),
-    "grad_clip": (0.0, lambda r: 0.0, "clip the gradient norm (0: off)"),
-    "dropout": (0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])), "dropout before the classifier"),
-    "optimizer": ("adam", lambda r: "adam", "adam (AdamW, DomainBed's fine-tuning choice) | sgd (Nesterov momentum)"),
-    "freeze_bn": (True, lambda r: bool(r.choice([True, False])), "batch norm keeps its ImageNet statistics (DomainBed freezes it); off under --weights none"),
-    "freeze_levels": (2, lambda r: int(r.choice([0, 1, 2, 3])), "feature levels of the backbone left untrained (2: everything up to stride 4); 0 under --weights none"),
-    "ema_decay": (0.995, lambda r: float(r.choice([0.99, 0.995, 0.999])), "decay of --average ema"),
-    "swad_converge": (3, lambda r: 3, "SWAD: evaluations whose first is lowest to start averaging"),
-    "swad_tolerance": (6, lambda r: 6, "SWAD: evaluations above the tolerance that end averaging"),
-    "swad_tolerance_ratio": (0.3, lambda r: 0.3, "SWAD: loss up to (1 + ratio) x the lowest stays in the region"),
-    "augment": ("standard", lambda r: "standard", "standard | none: batched random-resized-crop, flip, colour jitter"),
+
+@dataclass(frozen=True)
+class Domain:
+    """The values a hyperparameter may take: ``choices``, or a range (``low``/``high``, each closed
+    unless ``*_open``), integers only when ``integer``. Non-finite numbers are never allowed."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    choices: tuple = ()
+    text: bool = False  # any string (a path, a name)
+
+    def allows(self, value: Any) -> bool:
+        if self.text:
+            return isinstance(value, str)
+        if self.choices:
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        if self.text:
+            return "a text"
+        if self.choices:
+            return "one of: " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        return f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+
+
+def positive(integer: bool = False) -> Domain:
+    return Domain(low=1, integer=True) if integer else Domain(low=0, low_open=True)
+
+
+def at_least(low: float, integer: bool = False) -> Domain:
+    return Domain(low=low, integer=integer)
+
+
+def fraction(low_open: bool = False, high_open: bool = True) -> Domain:
+    """A share or probability: [0, 1) by default."""
+    return Domain(low=0, high=1, low_open=low_open, high_open=high_open)
+
+
+def one_of(*choices: Any) -> Domain:
+    return Domain(choices=tuple(choices))
+
+
+FLAG = one_of(True, False)
+TEXT = Domain(text=True)
+
+
+class HParam(NamedTuple):
+    """One hyperparameter's declaration: its default, its random draw for sweeps, a help line and
+    the domain every value (default, draw or override) must lie in."""
+
+    default: Any
+    draw: Draw
+    help: str
+    domain: Domain | None = None  # None: not declared yet (tests/test_hparam_domains.py flags it)
+
+
+# name -> declaration
+_COMMON: dict[str, HParam] = {
+    "lr": HParam(1e-4, lambda r: float(10 ** r.uniform(-4.5, -3.3)), "learning rate of the backbone (for --set optimizer=sgd use about 0.01)", positive()),
+    "head_lr_mult": HParam(10.0, lambda r: float(r.choice([1.0, 10.0])), "learning-rate multiplier for heads trained from scratch", positive()),
+    "momentum": HParam(0.9, lambda r: 0.9, "SGD momentum (Nesterov)", fraction()),
+    "weight_decay": HParam(5e-4, lambda r: float(10 ** r.uniform(-6, -3)), "L2 weight decay", at_least(0)),
+    "lr_schedule": HParam("cosine", lambda r: "cosine", "cosine | constant | dann (mu0/(1+10p)^0.75)", one_of("cosine", "constant", "dann")),
+    "warmup_steps": HParam(0, lambda r: 0, "linear warm-up steps", at_least(0, integer=True)),
+    "grad_clip": HParam(0.0, lambda r: 0.0, "clip the gradient norm (0: off)", at_least(0)),
+    "dropout": HParam(0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])), "dropout before the classifier", fraction()),
+    "optimizer": HParam("adam", lambda r: "adam", "adam (AdamW, DomainBed's fine-tuning choice) | sgd (Nesterov momentum)", one_of("adam", "sgd")),
+    "freeze_bn": HParam(True, lambda r: bool(r.choice([True, False])), "batch norm keeps its ImageNet statistics (DomainBed freezes it); off under --weights none", FLAG),
+    "freeze_levels": HParam(2, lambda r: int(r.choice([0, 1, 2, 3])), "feature levels of the backbone left untrained (2: everything up to stride 4); 0 under --weights none", at_least(0, integer=True)),
+    "ema_decay": HParam(0.995, lambda r: float(r.choice([0.99, 0.995, 0.999])), "decay of --average ema", fraction(low_open=True)),
+    "swad_converge": HParam(3, lambda r: 3, "SWAD: evaluations whose first is lowest to start averaging", positive(integer=True)),
+    "swad_tolerance": HParam(6, lambda r: 6, "SWAD: evaluations above the tolerance that end averaging", positive(integer=True)),
+    "swad_tolerance_ratio": HParam(0.3, lambda r: 0.3, "SWAD: loss up to (1 + ratio) x the lowest stays in the region", at_least(0)),
+    "augment": HParam("standard", lambda r: "standard", "standard | none: batched random-resized-crop, flip, colour jitter", one_of("standard", "none")),
 }
 
-_LEARNERS: dict[str, dict[str, tuple[Any, Draw, str]]] = {
+_LEARNERS: dict[str, dict[str, HParam]] = {
     "erm": {},
     "dann": {
-        "lambda_max": (1.0, lambda r: float(10 ** r.uniform(-1, 0.5)), "final weight of the adversarial loss"),
-        "lambda_gamma": (10.0, lambda r: 10.0, "gamma in lambda(p) = 2/(1+exp(-gamma p)) - 1"),
-        "disc_hidden": (256, lambda r: int(2 ** r.randint(6, 10)), "domain discriminator width"),
-        "disc_layers": (2, lambda r: int(r.choice([1, 2, 3])), "hidden layers of the discriminator"),
-        "disc_dropout": (0.5, lambda r: float(r.choice([0.0, 0.5])), "discriminator dropout"),
+        "lambda_max": HParam(1.0, lambda r: float(10 ** r.uniform(-1, 0.5)), "final weight of the adversarial loss", at_least(0)),
+        "lambda_gamma": HParam(10.0, lambda r: 10.0, "gamma in lambda(p) = 2/(1+exp(-gamma p)) - 1", positive()),
+        "disc_hidden": HParam(256, lambda r: int(2 ** r.randint(6, 10)), "domain discriminator width", positive(integer=True)),
+        "disc_layers": HParam(2, lambda r: int(r.choice([1, 2, 3])), "hidden layers of the discriminator", positive(integer=True)),
+        "disc_dropout": HParam(0.5, lambda r: float(r.choice([0.0, 0.5])), "discriminator dropout", fraction()),
     },
     "mcd": {
-        "num_k": (4, lambda r: int(r.choice([1, 2, 4])), "generator steps (C) per iteration"),
+        "num_k": HParam(4, lambda r: int(r.choice([1, 2, 4])), "generator steps (C) per iteration", positive(integer=True)),
     },
     "jigen": {
-        "num_permutations": (30, lambda r: int(r.choice([30, 100])), "permutation classes P"),
-        "unshuffled_ratio": (0.7, lambda r: float(r.uniform(0.6, 0.9)), "fraction of each batch left unshuffled (beta)"),
-        "jigsaw_weight": (0.7, lambda r: float(r.uniform(0.1, 0.9)), "auxiliary jigsaw loss weight (alpha)"),
-        "target_jigsaw_weight": (0.7, lambda r: float(r.uniform(0.1, 0.9)), "jigsaw weight on target images (DA)"),
-        "entropy_weight": (0.1, lambda r: float(r.choice([0.05, 0.1, 0.2])), "target entropy weight (DA)"),
-        "grid": (3, lambda r: 3, "tiles per side"),
+        "num_permutations": HParam(30, lambda r: int(r.choice([30, 100])), "permutation classes P", positive(integer=True)),
+        "unshuffled_ratio": HParam(0.7, lambda r: float(r.uniform(0.6, 0.9)), "fraction of each batch left unshuffled (beta)", fraction(high_open=False)),
+        "jigsaw_weight": HParam(0.7, lambda r: float(r.uniform(0.1, 0.9)), "auxiliary jigsaw loss weight (alpha)", at_least(0)),
+        "target_jigsaw_weight": HParam(0.7, lambda r: float(r.uniform(0.1, 0.9)), "jigsaw weight on target images (DA)", at_least(0)),
+        "entropy_weight": HParam(0.1, lambda r: float(r.choice([0.05, 0.1, 0.2])), "target entropy weight (DA)", at_least(0)),
+        "grid": HParam(3, lambda r: 3, "tiles per side", at_least(2, integer=True)),
     },
 }
 
-_META: dict[str, dict[str, tuple[Any, Draw, str]]] = {
+_META: dict[str, dict[str, HParam]] = {
     "none": {},
     "init": {
-        "inner_lr": (0.01, lambda r: float(10 ** r.uniform(-3, -1)), "inner-loop SGD step size alpha"),
-        "inner_steps": (1, lambda r: int(r.choice([1, 2])), "inner steps k"),
-        "meta_order": (1, lambda r: 1, "1: first-order, 2: exact second-order"),
-        "meta_weight": (1.0, lambda r: float(r.choice([0.5, 1.0])), "weight of the meta-gradient in the online update"),
-        "meta_schedule": ("online", lambda r: "online", "online | offline"),
-        "offline_meta_steps": (100, lambda r: 100, "meta-iterations before base training (offline)"),
-        "meta_lr": (0.01, lambda r: float(10 ** r.uniform(-3, -1.5)), "outer learning rate (offline)"),
-        "meta_test_domains": (1, lambda r: 1, "held-out source domains per episode"),
-        "meta_batch_fraction": (0.5, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode"),
+        "inner_lr": HParam(0.01, lambda r: float(10 ** r.uniform(-3, -1)), "inner-loop SGD step size alpha", at_least(0)),
+        "inner_steps": HParam(1, lambda r: int(r.choice([1, 2])), "inner steps k", positive(integer=True)),
+        "meta_order": HParam(1, lambda r: 1, "1: first-order, 2: exact second-order", one_of(1, 2)),
+        "meta_weight": HParam(1.0, lambda r: float(r.choice([0.5, 1.0])), "weight of the meta-gradient in the online update", at_least(0)),
+        "meta_schedule": HParam("online", lambda r: "online", "online | offline", one_of("online", "offline")),
+        "offline_meta_steps": HParam(100, lambda r: 100, "meta-iterations before base training (offline)", at_least(0, integer=True)),
+        "meta_lr": HParam(0.01, lambda r: float(10 ** r.uniform(-3, -1.5)), "outer learning rate (offline)", positive()),
+        "meta_test_domains": HParam(1, lambda r: 1, "held-out source domains per episode", positive(integer=True)),
+        "meta_batch_fraction": HParam(0.5, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode", fraction(low_open=True, high_open=False)),
     },
     "critic": {
-        "critic_lr": (1e-3, lambda r: float(10 ** r.uniform(-4, -2)), "Adam learning rate of the critic"),
-        "critic_hidden": (128, lambda r: int(r.choice([64, 128, 256])), "critic hidden width"),
-        "critic_weight": (1.0, lambda r: float(r.choice([0.1, 1.0])), "weight of h_omega in the model's loss"),
-        "critic_inner_lr": (0.01, lambda r: float(10 ** r.uniform(-3, -1)), "alpha for theta_old/theta_new"),
-        "meta_test_domains": (1, lambda r: 1, "held-out source domains per episode"),
-        "meta_batch_fraction": (0.5, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode"),
+        "critic_lr": HParam(1e-3, lambda r: float(10 ** r.uniform(-4, -2)), "Adam learning rate of the critic", positive()),
+        "critic_hidden": HParam(128, lambda r: int(r.choice([64, 128, 256])), "critic hidden width", positive(integer=True)),
+        "critic_weight": HParam(1.0, lambda r: float(r.choice([0.1, 1.0])), "weight of h_omega in the model's loss", at_least(0)),
+        "critic_inner_lr": HParam(0.01, lambda r: float(10 ** r.uniform(-3, -1)), "alpha for theta_old/theta_new", positive()),
+        "meta_test_domains": HParam(1, lambda r: 1, "held-out source domains per episode", positive(integer=True)),
+        "meta_batch_fraction": HParam(0.5, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode", fraction(low_open=True, high_open=False)),
     },
 }
 
@@ -91,7 +169,7 @@ def _meta_parts(meta: str) -> list[str]:
     return parts
 
 
-def _table(base: str, meta: str) -> dict[str, tuple[Any, Draw, str]]:
+def _table(base: str, meta: str) -> dict[str, HParam]:
     if base not in _LEARNERS:
         raise ConfigError(f"unknown --base {base!r}", f"choose one of: {', '.join(sorted(_LEARNERS))}")
     table = dict(_COMMON)
@@ -163,5 +241,35 @@ def apply_overrides(hparams: dict[str, Any], overrides: dict[str, Any] | list[st
                 f"unknown hyperparameter {key!r} for this base/meta",
                 f"known: {', '.join(sorted(out))}",
             )
-        out[key] = parse_value(key, value, out[key]) if isinstance(value, str) else value
+        parsed = parse_value(key, value, out[key]) if isinstance(value, str) else value
+        out[key] = check_value(key, parsed, value)
     return out
+
+
+def declaration(key: str) -> HParam | None:
+    """The declaration of ``key`` in any learner's or meta mode's table."""
+    for table in (_COMMON, *_LEARNERS.values(), *_META.values()):
+        if key in table:
+            return HParam(*table[key])
+    return None
+
+
+def check_value(key: str, value: Any, raw: Any = None) -> Any:
+    """``value`` (an int where a float is declared becomes that float), or a ConfigError naming
+    the allowed values."""
+    spec = declaration(key)
+    if spec is None or spec.domain is None:
+        return value
+    if isinstance(spec.default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not spec.domain.allows(value):
+        shown = raw if isinstance(raw, str) else value
+        raise ConfigError(
+            f"--set {key}={shown}: {key} must be {spec.domain.describe()}",
+            f"pass e.g. --set {key}={_shown(spec.default)}",
+        )
+    return value
+
+
+def _shown(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -157,6 +157,21 @@ def make_empty(path: Path) -> None:
     path.mkdir(parents=True)
 
 
+def schedule_spec_named(name: str) -> Callable[[Path, dict], list[str]]:
+    def make(tmp: Path, values: dict) -> list[str]:
+        (tmp / name).write_text("dataset: toy\nregister: {model_name: toy}\n")
+        return ["schedule", "install", str(tmp / name), "--cron", "@daily", "--crontab-file", str(tmp / "crontab")]
+
+    return make
+
+
+def huge_images(tmp: Path, values: dict) -> list[str]:
+    from dgmeta.resources import machine_memory_bytes
+
+    values["memory"] = f"{machine_memory_bytes() / 2**30:.1f}"
+    return run_toy(tmp, "--image-size", "100000")
+
+
 CASES = [
     Case("missing data root", lambda t, v: ["run", "pacs", "--data-root", str(t / "nope"), *TINY, *store(t)],
          "error: data root {tmp}/nope does not exist (from --data-root) — pass --data-root DIR or set DGMETA_DATA to the folder that holds PACS/, OfficeHome/ or DomainNet/"),
@@ -248,6 +263,38 @@ CASES = [
          "error: {tmp}/bad.yaml: malformed YAML at line 2 (expected ',' or ']', but got ':') — fix the YAML syntax (indentation, colons, quotes)"),
     Case("pipeline YAML without a dataset", write_pipeline("base: erm\nsteps: 10\n"),
          "error: {tmp}/bad.yaml: missing required key 'dataset' — add `dataset: ...` to the spec"),
+    Case("pipeline path with a line break (schedule)", schedule_spec_named("toy\n* * * * * touch pwned.yaml"),
+         "error: pipeline path '{tmp}/toy\\n* * * * * touch pwned.yaml' contains U+000A (line feed), which cannot go into a crontab line or a systemd unit — rename it or pass a value without control characters or line breaks"),
+    Case("--on-calendar with a line break", lambda t, v: [*schedule_spec_named("toy.yaml")(t, v)[:3], "--systemd", "--unit-dir", str(t / "units"), "--on-calendar", "daily\nExecStartPre=/bin/sh"],
+         "error: --on-calendar value 'daily\\nExecStartPre=/bin/sh' contains U+000A (line feed), which cannot go into a crontab line or a systemd unit — rename it or pass a value without control characters or line breaks"),
+    Case("negative seed", lambda t, v: run_toy(t, "--seed", "-1"),
+         "error: --seed -1 is outside 0..4294967295 — pass a non-negative integer below 2**32, e.g. --seed 0"),
+    Case("seed of 2**32 or more", lambda t, v: run_toy(t, "--seed", "4294967296"),
+         "error: --seed 4294967296 is outside 0..4294967295 — pass a non-negative integer below 2**32, e.g. --seed 0"),
+    Case("--seed given twice", lambda t, v: run_toy(t, "--seed", "1", "--seed", "1"),
+         "error: --seed 1 is given more than once — give each --seed once"),
+    Case("--target given twice", lambda t, v: ["run", toy(t), "--target", "d1", "--target", "d1", *TINY, *store(t)],
+         "error: --target d1 is given more than once — give each --target once"),
+    Case("empty experiment name", lambda t, v: run_toy(t, "--experiment", ""),
+         "error: the --experiment name is empty — give the MLflow experiment name, e.g. --experiment dgmeta"),
+    Case("negative learning rate", lambda t, v: run_toy(t, "--set", "lr=-0.01"),
+         "error: --set lr=-0.01: lr must be a number > 0 — pass e.g. --set lr=0.0001"),
+    Case("momentum outside [0, 1)", lambda t, v: run_toy(t, "--set", "optimizer=sgd", "--set", "momentum=1.5"),
+         "error: --set momentum=1.5: momentum must be a number in [0, 1) — pass e.g. --set momentum=0.9"),
+    Case("negative weight decay", lambda t, v: run_toy(t, "--set", "weight_decay=-0.001"),
+         "error: --set weight_decay=-0.001: weight_decay must be a number >= 0 — pass e.g. --set weight_decay=0.0005"),
+    Case("dropout of 1", lambda t, v: run_toy(t, "--set", "dropout=1"),
+         "error: --set dropout=1: dropout must be a number in [0, 1) — pass e.g. --set dropout=0.0"),
+    Case("unknown learning-rate schedule", lambda t, v: run_toy(t, "--set", "lr_schedule=linear"),
+         "error: --set lr_schedule=linear: lr_schedule must be one of: cosine, constant, dann — pass e.g. --set lr_schedule=cosine"),
+    Case("unknown augment value", lambda t, v: run_toy(t, "--set", "augment=off"),
+         "error: --set augment=off: augment must be one of: standard, none — pass e.g. --set augment=standard"),
+    Case("negative gradient clip", lambda t, v: run_toy(t, "--set", "grad_clip=-1"),
+         "error: --set grad_clip=-1: grad_clip must be a number >= 0 — pass e.g. --set grad_clip=0.0"),
+    Case("negative warm-up steps", lambda t, v: run_toy(t, "--set", "warmup_steps=-5"),
+         "error: --set warmup_steps=-5: warmup_steps must be an integer >= 0 — pass e.g. --set warmup_steps=0"),
+    Case("image size no machine can hold", huge_images,
+         "error: --image-size 100000 with --batch-size 4 (8 images a step) needs at least 1192.1 GiB of memory for the input batch alone; this machine has {memory} GiB — use a smaller --image-size or --batch-size (the benchmarks run 224 px and 32 images per domain)"),
 ]
 
 
