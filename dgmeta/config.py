@@ -68,6 +68,9 @@ class RunConfig:
         check_precision(self.precision, resolve_device(self.device), self.meta)
         if not self.seeds:
             raise ConfigError("no --seed given", "pass at least one, e.g. --seed 0")
+        self._check_seeds_and_targets()
+        if not str(self.experiment).strip():
+            raise ConfigError("the --experiment name is empty", "give the MLflow experiment name, e.g. --experiment dgmeta")
         if self.cache not in ("auto", "disk", "stream"):
             raise ConfigError(f"unknown --cache {self.cache!r}", "choose auto, disk or stream")
         check_memory_mode(self.memory)
@@ -82,6 +85,17 @@ class RunConfig:
         if self.shots <= 0:
             raise ConfigError(f"--shots must be positive, got {self.shots}", "pass e.g. --shots 3")
         return self
+
+    def _check_seeds_and_targets(self) -> None:
+        for seed in self.seeds:
+            # numpy's and torch's seeding take 0 <= seed < 2**32; anything else crashes inside the job
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+                raise ConfigError(f"--seed {seed} is outside 0..{2**32 - 1}", "pass a non-negative integer below 2**32, e.g. --seed 0")
+        # the same (target, seed) twice would train twice and report a spread of 0 over copies
+        for flag, values in (("--seed", self.seeds), ("--target", self.targets or [])):
+            repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+            if repeated:
+                raise ConfigError(f"{flag} {repeated[0]} is given more than once", f"give each {flag} once")
 
     @property
     def effective_train_size(self) -> int:

@@ -113,6 +113,7 @@ def resolve_plan(config: RunConfig) -> ResolvedPlan:
             "use a dataset with three or more domains, or --meta none",
         )
     _check_run_options(config, dataset, targets, protocol)
+    _check_split_sizes(config, dataset, targets, protocol)
     return ResolvedPlan(dataset, targets, protocol, hparams)
 
 
@@ -179,6 +180,14 @@ def device_params(device: torch.device) -> dict[str, str]:
     from dgmeta.device import device_label
 
     return {"device.resolved": device_label(device)}
+
+
+def _check_split_sizes(config: RunConfig, dataset, targets: list[str], protocol: str) -> None:
+    """Sizes that can only end in an out-of-memory kill, checked against this machine."""
+    from dgmeta.resources import check_step_memory
+
+    images = config.batch_size * (len(dataset.domains) - 1 + (protocol != "dg"))  # sources + the target batch
+    check_step_memory(config.image_size, config.batch_size, images)
 
 
 def run_experiment(config: RunConfig, plan: ResolvedPlan | None = None) -> ExperimentResult:
