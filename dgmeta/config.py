@@ -48,7 +48,7 @@ class RunConfig:
     cache: str = "auto"  # decoded images: disk (memmap cache) | stream (decode on the fly) | auto (dgmeta.data.streaming)
     memory: str = "lean"  # lean | fast: what the process does with freed memory (dgmeta.training.allocator)
     train_image_size: int | None = None  # None: 0.8 x image_size (FixRes: train below the test size)
-    average: str = "swad"  # none | ema | swad: the weights the run reports (dgmeta.training.averaging)
+    average: str = "none"  # none | ema | swad: the weights the run reports (swad measured no gain at 600 steps: README)
     test_every_eval: bool = False  # True: evaluate the target at every checkpoint too (logs the oracle; slower)
     run_name: str | None = None
     quiet: bool = False

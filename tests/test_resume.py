@@ -127,14 +127,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     # the evaluations before the kill came back from the checkpoint's history: all equal the reference's
     ref_results = json.loads(Path(client_a.download_artifacts(ref_child.info.run_id, "results.json", str(tmp_path))).read_text())
     new_results = json.loads(Path(client_b.download_artifacts(new_child.info.run_id, "results.json", str(tmp_path / "b"))).read_text())
-    # the live evaluations, then the SWAD average over the low-loss region as the final row
-    assert [(c["step"], c["weights"]) for c in new_results["checkpoints"]] == [(10, "live"), (20, "live"), (30, "live"), (30, "swad")]
+    assert [(c["step"], c["weights"]) for c in new_results["checkpoints"]] == [(10, "live"), (20, "live"), (30, "live")]
     def accuracies(rows):  # wall-clock training time is the one field two processes cannot share
         return [{k: v for k, v in row.items() if k != "train_seconds"} for row in rows]
 
     assert accuracies(new_results["checkpoints"]) == accuracies(ref_results["checkpoints"])
     seconds = [c["train_seconds"] for c in new_results["checkpoints"]]
-    assert all(s > 0 for s in seconds) and seconds[:3] == sorted(seconds[:3])
+    assert all(s > 0 for s in seconds) and seconds == sorted(seconds)
 
     ref_state = saved_network(client_a, ref_child.info.run_id, tmp_path / "dl_a")
     new_state = saved_network(client_b, new_child.info.run_id, tmp_path / "dl_b")

@@ -25,7 +25,7 @@ def test_erm_beats_chance_and_is_tracked(folder_dataset, tmp_path):
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     config = RunConfig(
         dataset=f"folder:{folder_dataset}", base="erm", targets=["d2"], steps=40, seeds=[0],
-        split="random", tracking_uri=uri, experiment="toy", hparams={"lr": 0.05, "optimizer": "sgd"}, **TINY,
+        split="random", tracking_uri=uri, experiment="toy", hparams={"lr": 0.05, "optimizer": "sgd"}, average="swad", **TINY,
     )
     result = run_experiment(config)
     (run,) = result.runs
@@ -51,7 +51,7 @@ def test_erm_beats_chance_and_is_tracked(folder_dataset, tmp_path):
     assert {"config.json", "results.json", "model"} <= artifacts
     results = json.loads(open(client.download_artifacts(run.run_id, "results.json", str(tmp_path))).read())
     assert results["test_acc"] == pytest.approx(run.test_acc)
-    # selection never looks at the target: the reported model is the SWAD average (the default),
+    # selection never looks at the target: the reported model is the SWAD average (--average swad),
     # built from source validation alone; the best live checkpoint is kept for comparison
     live = [c for c in results["checkpoints"] if c["weights"] == "live"]
     (averaged,) = [c for c in results["checkpoints"] if c["weights"] == "swad"]

@@ -26,7 +26,7 @@ ROOT = HERE.parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy"
 #: recipe -> evaluation interval: dense enough for a curve, ~10 points each
 CURVES = {"old-defaults": 25, "default": 60}
-LABELS = {"old-defaults": "old defaults (SGD 0.01, 128 px, all layers)", "default": "new defaults (AdamW 1e-4, 176/224 px, SWAD)"}
+LABELS = {"old-defaults": "old defaults (SGD 0.01, 128 px, all layers)", "default": "new defaults (AdamW 1e-4, frozen BN + stem, 176/224 px)"}
 
 
 def run_curves(args) -> None:

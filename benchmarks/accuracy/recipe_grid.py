@@ -44,6 +44,7 @@ RECIPES: dict[str, dict] = {
     "sgd": {"hparams": {"optimizer": "sgd", "lr": 0.01}},
     "lr3e-4": {"hparams": {"lr": 3e-4}},
     "lr5e-5": {"hparams": {"lr": 5e-5}},
+    "lp-ft": {"hparams": {"head_init": "probe"}},
 }
 
 
