@@ -105,6 +105,7 @@ def verify(
         console.print(checksums)
     for note in report.notes:
         console.print(f"note: {note}")
+    console.print(report.decoding(), soft_wrap=True)
     if not report.ok:
         raise DataError(report.summary(), "fix or replace the files named above, then run verify again")
     console.print(f"ok: {report.summary()}", soft_wrap=True)

@@ -14,18 +14,19 @@ import json
 import os
 import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dgmeta.data.dataset import Sample
 from dgmeta.data.parallel import run_chunked
 from dgmeta.errors import DataError
 
 #: bump when decoding changes (resampling filter, alpha handling) so old caches are not reused
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: EXIF orientation applied, 16/32-bit and float images scaled from their range
 _CRC_BLOCK = 64 << 20
 
 
@@ -37,26 +38,100 @@ def labels_of(samples: Sequence[Sample]) -> np.ndarray:
     return np.fromiter((sample.label for sample in samples), dtype=np.int64, count=len(samples))
 
 
+#: PIL modes with transparency: composited on white, as sketches and clip art are drawn on white
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+#: PIL modes whose values are wider than 8 bits (one channel): scaled into 0..255, not clipped
+_WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+_PLAIN_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What the network is fed (``image``, 8-bit RGB) and where it came from."""
+
+    image: Image.Image
+    mode: str  # the file's PIL mode
+    rotated: bool  # an EXIF orientation other than "upright" was applied
+
+
 def open_rgb(path: Path, size: int | None = None) -> Image.Image:
-    """``path`` as an RGB image (transparency composited on white, as sketches are drawn on white),
-    resized to ``size`` x ``size`` with an antialiasing filter when ``size`` is given."""
+    """``path`` as an 8-bit RGB image, upright (EXIF orientation), resized to ``size`` x ``size``
+    with an antialiasing filter when ``size`` is given; see :func:`decode_rgb`."""
+    return decode_rgb(path, size).image
+
+
+def decode_rgb(path: Path, size: int | None = None) -> Decoded:
+    """Every PIL mode a dataset can hold, converted with its real value range: transparency on
+    white, palettes and CMYK through PIL, 16/32-bit integer and float images scaled from their
+    range to 0..255 (a plain RGB conversion clips them white or rounds them to black)."""
     try:
         with Image.open(path) as image:
+            mode = image.mode
             if size is not None:
                 image.draft("RGB", (size, size))  # JPEG: cheap DCT-domain downscale, never below size
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-                rgb.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                rgb = image.convert("RGB")
+            orientation = image.getexif().get(0x0112, 1)
+            upright = ImageOps.exif_transpose(image) if orientation not in (1, None) else image
+            rgb = _to_rgb(upright, path)
             if size is not None and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-            return rgb
+            return Decoded(rgb, mode, orientation not in (1, None))
     except FileNotFoundError:
         raise DataError(f"image file missing: {path}", "restore it, or run `dgmeta data verify` to list every problem") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}", "replace or remove the file, then run `dgmeta data verify`") from None
+
+
+def describe_mode(mode: str) -> str:
+    """A PIL mode and what decoding does with it, for `dgmeta data verify`."""
+    if mode in _ALPHA_MODES:
+        return f"{mode} (transparency on white)"
+    if mode in _WIDE_MODES:
+        return f"{mode} ({'float' if mode == 'F' else 'wide integer'} gray, scaled from its range)"
+    if mode == "P":
+        return "P (palette)"
+    if mode in ("1", "L"):
+        return f"{mode} (gray)"
+    return mode
+
+
+def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba.getchannel("A"))
+        return rgb
+    if image.mode in _WIDE_MODES:
+        gray = _scale_to_8_bits(np.asarray(image), image.mode == "F", path)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if image.mode in _PLAIN_MODES:
+        return image.convert("RGB")
+    raise DataError(
+        f"cannot decode image {path}: PIL mode {image.mode!r} is not supported",
+        f"convert the file to 8-bit RGB or grayscale (supported modes: {', '.join(_PLAIN_MODES + _ALPHA_MODES + _WIDE_MODES)})",
+    )
+
+
+def _scale_to_8_bits(values: np.ndarray, float_mode: bool, path: Path) -> np.ndarray:
+    """One channel of a wide integer or float image as uint8, from its real range. Integers are
+    scaled by the smallest bit depth that holds their maximum (12-bit data in a 16-bit file fills
+    0..4095, so it is not darkened 16x), which keeps brightness comparable between images of one
+    camera; floats in [0, 1] are fractions of white; values already in 0..255 stay; anything else
+    (negative values, floats above 255) is stretched min..max."""
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise DataError(f"cannot decode image {path}: it holds NaN or infinite pixel values", "replace the file, or write finite pixel values")
+    low, high = float(values.min()), float(values.max())
+    if float_mode and low >= 0 and high <= 1:
+        scaled = values * 255.0
+    elif low >= 0 and high <= 255:
+        scaled = values
+    elif low >= 0 and not float_mode:
+        scaled = values * (255.0 / (2 ** int(high).bit_length() - 1))
+    elif high > low:
+        scaled = (values - low) * (255.0 / (high - low))
+    else:  # one negative or huge value everywhere: no contrast to keep
+        scaled = np.zeros_like(values)
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
 def _cache_key(samples: Sequence[Sample], image_size: int) -> str:

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 
 from dgmeta.data.dataset import SPLITS, DomainDataset
-from dgmeta.data.images import open_rgb
+from dgmeta.data.images import decode_rgb, describe_mode
 from dgmeta.data.official import FULL_SIZES
 from dgmeta.data.parallel import run_chunked
 from dgmeta.data.tree import ensure_inside, scan_domain
@@ -25,6 +25,14 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     files: int = 0
+    modes: dict[str, int] = field(default_factory=dict)  # the files' PIL modes, all fed as 8-bit RGB
+    rotated: int = 0  # files turned upright by their EXIF orientation
+
+    def decoding(self) -> str:
+        """What the network is fed: every decoded file as 8-bit RGB, from which source modes."""
+        parts = ", ".join(f"{count:,} {describe_mode(mode)}" for mode, count in sorted(self.modes.items(), key=lambda kv: (-kv[1], kv[0])))
+        line = f"fed to the network as 8-bit RGB: {parts or 'no files'}"
+        return line + (f"; {self.rotated:,} turned upright by their EXIF orientation" if self.rotated else "")
 
     @property
     def ok(self) -> bool:
@@ -79,10 +87,15 @@ def _check_decoding(ds: DomainDataset, paths: list[str], report: VerifyReport, p
         path = ds.root / rel
         try:
             ensure_inside(path, ds.root, "verify")
-            open_rgb(path).close()
+            decoded = decode_rgb(path)
+            decoded.image.close()
         except DataError as exc:
             with lock:
                 failures.append(exc.message)
+            return
+        with lock:
+            report.modes[decoded.mode] = report.modes.get(decoded.mode, 0) + 1
+            report.rotated += decoded.rotated
 
     run_chunked(paths, decode, f"decoding {len(paths):,} {ds.name} images", progress)
     if failures:
