@@ -125,6 +125,10 @@ _LEARNERS: dict[str, dict[str, HParam]] = {
     "mcd": {
         "num_k": HParam(4, lambda r: int(r.choice([1, 2, 4])), "generator steps (C) per iteration", positive(integer=True)),
     },
+    "mme": {
+        "mme_lambda": HParam(0.1, lambda r: float(r.choice([0.05, 0.1, 0.2])), "weight of the minimax target entropy (MME's lambda)", at_least(0)),
+        "mme_temperature": HParam(0.05, lambda r: float(r.choice([0.05, 0.1])), "temperature T of the cosine classifier", positive()),
+    },
     "jigen": {
         "num_permutations": HParam(30, lambda r: int(r.choice([30, 100])), "permutation classes P", positive(integer=True)),
         "unshuffled_ratio": HParam(0.7, lambda r: float(r.uniform(0.6, 0.9)), "fraction of each batch left unshuffled (beta)", fraction(high_open=False)),
@@ -135,26 +139,45 @@ _LEARNERS: dict[str, dict[str, HParam]] = {
     },
 }
 
+class _Text(Domain):
+    """Any text (a file path); whether the file fits is checked where it is used."""
+
+    def allows(self, value: Any) -> bool:
+        return isinstance(value, str)
+
+    def describe(self) -> str:
+        return "a text value (a path, or empty)"
+
+
 _META: dict[str, dict[str, HParam]] = {
     "none": {},
     "init": {
-        "inner_lr": HParam(0.01, lambda r: float(10 ** r.uniform(-3, -1)), "inner-loop SGD step size alpha", at_least(0)),
+        "inner_lr": HParam(1.0, lambda r: float(r.choice([0.5, 1.0, 2.0])), "inner step size as a multiple of each parameter group's outer learning rate (0: no inner step, the control 'extra supervised term, no meta-learning')", at_least(0)),
+        "inner_update": HParam("outer", lambda r: "outer", "outer (the outer optimizer's kind of step: SGD, or a fresh Adam's first step under optimizer=adam) | sgd | adam", one_of("outer", "sgd", "adam")),
         "inner_steps": HParam(1, lambda r: int(r.choice([1, 2])), "inner steps k", positive(integer=True)),
         "meta_order": HParam(1, lambda r: 1, "1: first-order, 2: exact second-order", one_of(1, 2)),
-        "meta_weight": HParam(1.0, lambda r: float(r.choice([0.5, 1.0])), "weight of the meta-gradient in the online update", at_least(0)),
+        "meta_update": HParam("maml", lambda r: "maml", "maml (first-order or exact MAML, see meta_order) | shortest_path (MetaDA's path-sum gradient, first order)", one_of("maml", "shortest_path")),
+        "meta_weight": HParam(1.0, lambda r: float(r.choice([0.5, 1.0])), "weight of the meta-gradient in the online update (DomainBed MLDG's beta)", at_least(0)),
         "meta_schedule": HParam("online", lambda r: "online", "online | offline", one_of("online", "offline")),
         "offline_meta_steps": HParam(100, lambda r: 100, "meta-iterations before base training (offline)", at_least(0, integer=True)),
         "meta_lr": HParam(0.01, lambda r: float(10 ** r.uniform(-3, -1.5)), "outer learning rate (offline)", positive()),
         "meta_test_domains": HParam(1, lambda r: 1, "held-out source domains per episode", positive(integer=True)),
-        "meta_batch_fraction": HParam(0.5, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode", fraction(low_open=True, high_open=False)),
+        "meta_splits": HParam("all", lambda r: "all", "all (average the meta term over every held-out split each step, as DomainBed's MLDG) | sample (one split a step, in rounds)", one_of("all", "sample")),
+        "meta_episode": HParam("sources", lambda r: "sources", "sources (hold out source domains; under ssda an extension) | target_shots (ssda: MetaDA's episode, meta-test = the labelled target shots)", one_of("sources", "target_shots")),
+        "episode_bn": HParam("base", lambda r: "base", "base (episodes use the base step's batch-norm mode: frozen under freeze_bn) | batch (batch statistics in episodes)", one_of("base", "batch")),
+        "meta_batch_fraction": HParam(1.0, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode (1: full per-domain batches, as MLDG)", fraction(low_open=True, high_open=False)),
     },
     "critic": {
         "critic_lr": HParam(1e-3, lambda r: float(10 ** r.uniform(-4, -2)), "Adam learning rate of the critic", positive()),
         "critic_hidden": HParam(128, lambda r: int(r.choice([64, 128, 256])), "critic hidden width", positive(integer=True)),
-        "critic_weight": HParam(1.0, lambda r: float(r.choice([0.1, 1.0])), "weight of h_omega in the model's loss", at_least(0)),
-        "critic_inner_lr": HParam(0.01, lambda r: float(10 ** r.uniform(-3, -1)), "alpha for theta_old/theta_new", positive()),
+        "critic_weight": HParam(0.01, lambda r: float(r.choice([0.001, 0.01, 0.1])), "weight of h_omega in the model's loss (0.01: the official PACS code)", at_least(0)),
+        "critic_inner_lr": HParam(1.0, lambda r: float(r.choice([0.5, 1.0, 2.0])), "alpha for theta_old/theta_new as a multiple of each parameter group's outer learning rate", at_least(0)),
+        "warm_start": HParam("", lambda r: "", "path to a dgmeta model/network.pt (e.g. an ERM run's) whose featurizer and classifier the run starts from; empty: none", _Text()),
         "meta_test_domains": HParam(1, lambda r: 1, "held-out source domains per episode", positive(integer=True)),
-        "meta_batch_fraction": HParam(0.5, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode", fraction(low_open=True, high_open=False)),
+        "meta_splits": HParam("sample", lambda r: "sample", "sample (one held-out split a step, as the official code) | all (average over every split)", one_of("all", "sample")),
+        "meta_episode": HParam("sources", lambda r: "sources", "sources | target_shots (ssda: meta-test = the labelled target shots)", one_of("sources", "target_shots")),
+        "episode_bn": HParam("base", lambda r: "base", "base (the base step's batch-norm mode) | batch (batch statistics in episodes)", one_of("base", "batch")),
+        "meta_batch_fraction": HParam(1.0, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode", fraction(low_open=True, high_open=False)),
     },
 }
 

@@ -1,0 +1,198 @@
+"""The paired meta experiment of issue 17: each meta wrapper against the same learner without meta,
+with its controls, on the accuracy recipe (the RunConfig defaults), over targets x seeds.
+
+Families (learner, protocol, wrapper) and their arms::
+
+    dann-msda  / mcd-msda:  base (meta none) | init | init-inner0 (--set inner_lr=0: the extra
+                            supervised term, no meta-learning) | base-lr (the base learner at
+                            lr x (1 + meta_weight): the meta term's added step, upper bound)
+    mme-ssda:               the same four arms, MME under ssda with --shots 3; init uses MetaDA's
+                            SSDA episode (meta_episode=target_shots)
+    erm-dg-critic:          base | critic | critic-warm (critic started from this grid's ERM base
+                            model of the same target and seed, as the official code starts from a
+                            converged baseline; trains the full budget again on top)
+
+The base-lr control: under SGD the online meta term lengthens each step by at most ``meta_weight``
+x the base gradient (when aligned), so ``lr x (1 + meta_weight)`` matches its largest added step;
+under AdamW (the recipe) steps are normalised and the control bounds the effect of a larger step
+size instead. The runs log ``meta/added_to_base_norm`` (the meta term's length relative to the base
+gradient) so the match can be checked per run.
+
+Each job runs in a child process through ``recipe_grid.run_one`` (checkpointed, ``--resume auto``)
+and appends one JSON line to ``--out`` when it finishes; a restarted grid skips finished jobs.
+``--table`` prints the accuracy table and, per family, every arm's paired difference against
+``base`` on shared (target, seed) pairs (mean ± 95% CI, t distribution) with the minimum effect a
+two-sided paired t-test at 5% detects with 80% power, and ``init`` against each control.
+
+    python benchmarks/accuracy/meta_grid.py --families dann-msda,mcd-msda,mme-ssda,erm-dg-critic \\
+        --seeds 0,1,2 --out benchmarks/results/accuracy/meta_grid.jsonl
+    python benchmarks/accuracy/meta_grid.py --table benchmarks/results/accuracy/meta_grid.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import recipe_grid  # noqa: E402  (the grid machinery: one job per child process, JSONL rows, ci95)
+
+FAMILIES = {
+    "dann-msda": ("dann", "msda", "init"),
+    "mcd-msda": ("mcd", "msda", "init"),
+    "mme-ssda": ("mme", "ssda", "init"),
+    "erm-dg-critic": ("erm", "dg", "critic"),
+}
+INIT_ARMS = ("base", "init", "init-inner0", "base-lr")
+CRITIC_ARMS = ("base", "critic", "critic-warm")
+
+
+def arms_of(family: str) -> tuple[str, ...]:
+    return CRITIC_ARMS if FAMILIES[family][2] == "critic" else INIT_ARMS
+
+
+def arm_options(family: str, arm: str) -> tuple[str, list[str]]:
+    """``(--meta, --set items)`` of one arm (critic-warm's warm_start is added when it runs)."""
+    from dgmeta.hparams import default_hparams
+
+    base, protocol, _ = FAMILIES[family]
+    episode = ["meta_episode=target_shots"] if protocol == "ssda" else []
+    if arm == "base":
+        return "none", []
+    if arm == "init":
+        return "init", episode
+    if arm == "init-inner0":
+        return "init", episode + ["inner_lr=0"]
+    if arm == "base-lr":
+        lr = default_hparams(base)["lr"] * (1 + default_hparams(base, "init")["meta_weight"])
+        return "none", [f"lr={lr:g}"]
+    if arm in ("critic", "critic-warm"):
+        return "critic", []
+    raise SystemExit(f"unknown arm {arm!r}")
+
+
+def job_key(row: dict) -> tuple:
+    return (row["family"], row["arm"], row["target"], int(row["seed"]))
+
+
+def warm_start_file(rows: list[dict], family: str, target: str, seed: int, tracking_uri: str, folder: Path) -> str:
+    """This grid's finished base model of (family, target, seed), downloaded from MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    base = next((r for r in rows if job_key(r) == (family, "base", target, seed)), None)
+    if base is None:
+        raise SystemExit(f"critic-warm {target} s{seed} needs the base arm's run first: put base before critic-warm")
+    folder.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri).download_artifacts(base["run_id"], "model/network.pt", str(folder))
+
+
+def run_grid(args) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    families = args.families.split(",")
+    for family in families:
+        if family not in FAMILIES:
+            raise SystemExit(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    wanted = set(args.arms.split(",")) if args.arms else None
+    jobs = [(f, a, t, int(s)) for s in args.seeds.split(",") for t in args.targets.split(",") for f in families for a in arms_of(f)
+            if wanted is None or a in wanted]
+    for family, arm, target, seed in jobs:
+        rows = recipe_grid.read_rows(out)
+        if (family, arm, target, seed) in {job_key(r) for r in rows}:
+            continue
+        base, protocol, _ = FAMILIES[family]
+        meta, sets = arm_options(family, arm)
+        if arm == "critic-warm":
+            folder = Path(tempfile.mkdtemp(prefix="meta-grid-warm-"))
+            sets = sets + [f"warm_start={warm_start_file(rows, family, target, seed, args.tracking_uri, folder)}"]
+        cmd = [sys.executable, str(HERE / "recipe_grid.py"), "--one", "--recipe", "default", "--target", target, "--seed", str(seed),
+               "--base", base, "--meta", meta, "--protocol", protocol, "--dataset", args.dataset, "--data-root", args.data_root,
+               "--tracking-uri", args.tracking_uri, "--experiment", args.experiment]
+        for key in ("steps", "image_size", "eval_every"):
+            if getattr(args, key):
+                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+        for item in sets + args.set:
+            cmd += ["--set", item]
+        print(f"[{time.strftime('%H:%M:%S')}] {family} {arm} {target} s{seed} ...", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"job {family} {arm} {target} s{seed} failed (exit {proc.returncode}); finished rows are kept in {out}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        row = {"family": family, "arm": arm, "base": base, "meta": meta, "protocol": protocol, "target": target, "seed": seed,
+               "set": sets + args.set, **result}
+        with out.open("a") as f:  # one line per finished job: a kill loses at most the running job
+            f.write(json.dumps(row) + "\n")
+        print(f"    test_acc {row['test_acc'] * 100:.2f} in {row['seconds']:.0f}s", flush=True)
+
+
+def paired_line(label: str, diffs: list[float]) -> str:
+    from scipy import stats
+
+    n = len(diffs)
+    mean = sum(diffs) / n
+    if n < 2:
+        return f"| {label} | {mean:+.2f} | | | {n} |"
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    mde = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+    return f"| {label} | {mean:+.2f} | ± {recipe_grid.ci95(diffs):.2f} | {mde:.2f} | {n} |"
+
+
+def table(rows: list[dict]) -> str:
+    by = {job_key(r): r for r in rows}
+    lines = ["| family | arm | runs | mean test acc | minutes/run |", "|---|---|---|---|---|"]
+    for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:
+        for arm in arms_of(family):
+            items = [r for r in rows if r["family"] == family and r["arm"] == arm]
+            if items:
+                acc = [100 * r["test_acc"] for r in items]
+                ci = f" ± {recipe_grid.ci95(acc):.1f}" if len(acc) > 1 else ""
+                lines.append(f"| {family} | {arm} | {len(items)} | {sum(acc) / len(acc):.1f}{ci} | {sum(r['seconds'] for r in items) / len(items) / 60:.1f} |")
+    lines += ["", "| paired difference (points) | mean | 95% CI | MDE (80% power) | pairs |", "|---|---|---|---|---|"]
+    for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:
+        arms = arms_of(family)
+        meta_arm = arms[1]
+        comparisons = [(a, "base") for a in arms[1:]] + [(meta_arm, c) for c in arms[2:] if c != "critic-warm"]
+        for arm, reference in comparisons:
+            diffs = [100 * (r["test_acc"] - by[(family, reference) + k[2:]]["test_acc"])
+                     for k, r in by.items() if k[:2] == (family, arm) and (family, reference) + k[2:] in by]
+            if diffs:
+                lines.append(paired_line(f"{family}: {arm} - {reference}", diffs))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--arms", default=None, help="only these arms (comma-separated); default: every arm of each family")
+    parser.add_argument("--targets", default="art_painting,cartoon,photo,sketch")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--set", action="append", default=[], help="key=value for every run (after the arm's own)")
+    parser.add_argument("--dataset", default="pacs")
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'benchmarks' / 'results' / 'accuracy.db'}")
+    parser.add_argument("--experiment", default="benchmarks-meta-grid")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy" / "meta_grid.jsonl"))
+    parser.add_argument("--steps", type=int, default=None, help="override the recipe's steps (smoke tests)")
+    parser.add_argument("--image-size", type=int, default=None, help="override the recipe's image size (smoke tests)")
+    parser.add_argument("--eval-every", type=int, default=None, help="override the recipe's evaluation interval")
+    parser.add_argument("--table", nargs="*", default=None, help="render these result files instead of running")
+    args = parser.parse_args()
+    if args.table is not None:
+        print(table([r for path in args.table for r in recipe_grid.read_rows(Path(path))]))
+    else:
+        run_grid(args)
+
+
+if __name__ == "__main__":
+    main()
