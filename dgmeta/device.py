@@ -80,6 +80,11 @@ def cpu_has_native_bf16() -> bool:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: ask oneDNN, which checks the instruction set itself
         return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    return cpuinfo_has_native_bf16(text)
+
+
+def cpuinfo_has_native_bf16(text: str) -> bool:
+    """Whether ``/proc/cpuinfo`` text lists a bf16 instruction set (x86 ``flags``, Arm ``Features``)."""
     flags: set[str] = set()
     for line in text.splitlines():
         if line.lower().startswith(("flags", "features")):

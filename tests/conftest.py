@@ -26,3 +26,13 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "PACS").is_dir():
         pytest.skip("../shared/data (full PACS) not present")
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run only where there is a GPU (CI has none)."""
+    if torch.cuda.is_available() or os.environ.get("DGMETA_CUDA_TEST_DEVICE") == "cpu":  # see tests/test_cuda.py
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
