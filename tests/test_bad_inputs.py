@@ -165,6 +165,14 @@ def schedule_spec_named(name: str) -> Callable[[Path, dict], list[str]]:
     return make
 
 
+def link(name: str, target: str) -> Callable[[Path], None]:
+    """A symlink ``root/name`` -> ``target`` (relative to the link's folder, or absolute)."""
+    def change(root: Path) -> None:
+        (root / name).symlink_to(target)
+
+    return change
+
+
 def huge_images(tmp: Path, values: dict) -> list[str]:
     from dgmeta.resources import machine_memory_bytes
 
@@ -293,6 +301,14 @@ CASES = [
          "error: --set grad_clip=-1: grad_clip must be a number >= 0 — pass e.g. --set grad_clip=0.0"),
     Case("negative warm-up steps", lambda t, v: run_toy(t, "--set", "warmup_steps=-5"),
          "error: --set warmup_steps=-5: warmup_steps must be an integer >= 0 — pass e.g. --set warmup_steps=0"),
+    Case("symlink loop in a class folder", broken_toy(link("d0/a/loop.png", "loop.png")),
+         "error: {tmp}/toy/d0/a: {tmp}/toy/d0/a/loop.png is a symbolic link loop — replace the link with the real file or folder"),
+    Case("folder symlink to a folder that contains it", broken_toy(link("d3", ".")),
+         "error: {tmp}/toy: {tmp}/toy/d3 is a symbolic link loop (to {tmp}/toy, a folder that contains it) — replace the link with the real file or folder"),
+    Case("broken symlink to an image", broken_toy(link("d0/a/gone.png", "../../../nowhere.png")),
+         "error: {tmp}/toy/d0/a: {tmp}/toy/d0/a/gone.png is a broken symbolic link (to ../../../nowhere.png, which does not exist) — restore its target or remove the link"),
+    Case("broken symlink to a class folder", broken_toy(link("d1/c", "zzz")),
+         "error: {tmp}/toy/d1: {tmp}/toy/d1/c is a broken symbolic link (to zzz, which does not exist) — restore its target or remove the link"),
     Case("image size no machine can hold", huge_images,
          "error: --image-size 100000 with --batch-size 4 (8 images a step) needs at least 1192.1 GiB of memory for the input batch alone; this machine has {memory} GiB — use a smaller --image-size or --batch-size (the benchmarks run 224 px and 32 images per domain)"),
 ]

@@ -7,6 +7,7 @@ resolved, because only they can lead outside the dataset folder.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from pathlib import Path
@@ -32,21 +33,44 @@ def safe_relative(rel: str, where: str) -> str:
 
 
 def ensure_inside(path: Path, root: Path, where: str) -> None:
-    """Refuse a symlink (file or folder) whose target lies outside ``root`` (already resolved)."""
-    target = path.resolve()
+    """Refuse a symlink (file or folder) whose target lies outside ``root`` (already resolved), is
+    missing, or loops back on itself."""
+    link = path.is_symlink()
+    try:
+        target = path.resolve(strict=link)  # a plain path may be missing: that is reported where it is read
+    except FileNotFoundError:
+        raise DataError(
+            f"{where}: {path} is a broken symbolic link (to {os.readlink(path)}, which does not exist)",
+            "restore its target or remove the link",
+        ) from None
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a loop, later versions OSError(ELOOP)
+        if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
+            raise DataError(f"{where}: {path} is a symbolic link loop", "replace the link with the real file or folder") from None
+        raise DataError(f"{where}: cannot follow the link {path}: {exc.strerror or exc}", "fix its permissions or remove the link") from None
+    if link and target.is_dir() and (target == path.parent.resolve() or target in path.parent.resolve().parents):
+        # a link to a folder that holds it: walking it would visit the same folders forever
+        raise DataError(f"{where}: {path} is a symbolic link loop (to {target}, a folder that contains it)", "replace the link with the real file or folder")
     if target != root and root not in target.parents:
         raise DataError(f"{where}: {path} resolves to {target}, outside the dataset folder {root}", "replace the link with the real file or folder")
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as exc:
+        raise DataError(f"cannot read folder {folder}: {exc.strerror or exc}", "fix its permissions (read and execute) or remove it") from None
 
 
 def subfolders(folder: Path, root: Path) -> list[str]:
     """Sorted names of the visible sub-folders of ``folder``; symlinked ones must stay inside ``root``."""
     names = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.is_dir():
-                continue
-            if entry.is_symlink():
-                ensure_inside(Path(entry.path), root, str(folder))
+    for entry in _entries(folder):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink():
+            ensure_inside(Path(entry.path), root, str(folder))  # a broken or looping link is refused, not skipped
+        if entry.is_dir():
             names.append(entry.name)
     return sorted(names)
 
@@ -54,12 +78,12 @@ def subfolders(folder: Path, root: Path) -> list[str]:
 def image_files(folder: Path, root: Path) -> list[str]:
     """Sorted names of the image files directly inside ``folder``."""
     names = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if not is_image_name(entry.name) or entry.is_dir():
-                continue
-            if entry.is_symlink():
-                ensure_inside(Path(entry.path), root, str(folder))
+    for entry in _entries(folder):
+        if not is_image_name(entry.name):
+            continue
+        if entry.is_symlink():
+            ensure_inside(Path(entry.path), root, str(folder))
+        if not entry.is_dir():
             names.append(entry.name)
     return sorted(names)
 
