@@ -173,6 +173,11 @@ def link(name: str, target: str) -> Callable[[Path], None]:
     return change
 
 
+def one_image_per_class(tmp: Path, values: dict) -> list[str]:
+    make_folder_dataset(tmp / "tiny", per_class=1)
+    return ["run", f"folder:{tmp / 'tiny'}", "--target", "d2", *TINY, *store(tmp)]
+
+
 def huge_images(tmp: Path, values: dict) -> list[str]:
     from dgmeta.resources import machine_memory_bytes
 
@@ -309,6 +314,10 @@ CASES = [
          "error: {tmp}/toy/d0/a: {tmp}/toy/d0/a/gone.png is a broken symbolic link (to ../../../nowhere.png, which does not exist) — restore its target or remove the link"),
     Case("broken symlink to a class folder", broken_toy(link("d1/c", "zzz")),
          "error: {tmp}/toy/d1: {tmp}/toy/d1/c is a broken symbolic link (to zzz, which does not exist) — restore its target or remove the link"),
+    Case("source domain with one image per class", one_image_per_class,
+         "error: source domain d0 has 2 train and 0 validation images (target d2) — training and model selection need both: give every class of each source domain at least 2 images (a random split holds out 20% of each class), or drop that domain from the data"),
+    Case("--shots taking every train image of the target", lambda t, v: run_toy(t, "--protocol", "ssda", "--shots", "3"),
+         "error: --shots 3 takes 6 labelled images of target d2, which leaves 0 unlabelled train and at most 2 test images — use --shots 2 or fewer, or a target with more images"),
     Case("image size no machine can hold", huge_images,
          "error: --image-size 100000 with --batch-size 4 (8 images a step) needs at least 1192.1 GiB of memory for the input batch alone; this machine has {memory} GiB — use a smaller --image-size or --batch-size (the benchmarks run 224 px and 32 images per domain)"),
 ]

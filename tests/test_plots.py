@@ -69,3 +69,14 @@ def test_tsne_plot_two_panels_subsampled(tmp_path):
     assert_png(plots.plot_tsne(features, domains, labels, ["art", "photo", "sketch"], None, tmp_path / "nonames.png", max_points=60))
     with pytest.raises(ValueError, match="at least 4 points"):
         plots.embed_tsne(features[:3])
+
+
+def test_tsne_plot_of_too_few_points_is_a_note_not_a_crash(tmp_path):
+    """A tiny source domain must not fail a run after training in its diagnostic plot."""
+    from PIL import Image
+
+    from dgmeta.tracking.plots import plot_tsne
+
+    for n in (0, 1, 3):
+        path = plot_tsne(np.zeros((n, 5)), [0] * n, [0] * n, ["d0"], ["a"], tmp_path / f"tsne{n}.png")
+        assert Image.open(path).size == (600, 300)

@@ -96,6 +96,9 @@ def plot_confusion(y_true: Sequence[int], y_pred: Sequence[int], class_names: Se
     return _save(fig, path)
 
 
+TSNE_MIN_POINTS = 4
+
+
 def subsample(n: int, max_points: int, seed: int) -> np.ndarray:
     """Indices of at most ``max_points`` of ``n`` items, chosen reproducibly."""
     if n <= max_points:
@@ -114,8 +117,8 @@ def embed_tsne(features: np.ndarray, seed: int = 0, max_iter: int = 500) -> np.n
 
     features = np.asarray(features, dtype=np.float32)
     n = len(features)
-    if n < 4:
-        raise ValueError(f"t-SNE needs at least 4 points, got {n}")
+    if n < TSNE_MIN_POINTS:
+        raise ValueError(f"t-SNE needs at least {TSNE_MIN_POINTS} points, got {n}")
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
     with threadpool_limits(limits=1):
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=max_iter)
@@ -136,6 +139,11 @@ def plot_tsne(
     keep = subsample(len(features), max_points, seed)
     if class_names is None:
         class_names = [f"class {i}" for i in range(int(np.max(labels)) + 1)] if len(labels) else []
+    if len(keep) < TSNE_MIN_POINTS:  # a tiny domain must not fail the run after training: say why there is no embedding
+        fig, (ax,) = _figure(6.0, 3.0)
+        ax.text(0.5, 0.5, f"t-SNE needs at least {TSNE_MIN_POINTS} points, got {len(keep)}", ha="center", va="center")
+        ax.set_axis_off()
+        return _save(fig, path)
     embedding = embed_tsne(np.asarray(features)[keep], seed=seed)
     domain_ids = np.asarray(domain_ids)[keep]
     labels = np.asarray(labels)[keep]

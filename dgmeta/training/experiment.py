@@ -183,9 +183,29 @@ def device_params(device: torch.device) -> dict[str, str]:
 
 
 def _check_split_sizes(config: RunConfig, dataset, targets: list[str], protocol: str) -> None:
-    """Sizes that can only end in an out-of-memory kill, checked against this machine."""
+    """Splits too small for a stage (an empty validation split makes val_acc NaN and model
+    selection arbitrary; ssda shots that take every target image leave nothing to adapt to or
+    test on), and sizes that can only end in an out-of-memory kill on this machine."""
     from dgmeta.resources import check_step_memory
 
+    for target in targets:
+        for source in (d for d in dataset.domains if d != target):
+            train, val = len(dataset.samples(source, "train")), len(dataset.samples(source, "val"))
+            if train == 0 or val == 0:
+                raise ConfigError(
+                    f"source domain {source} has {train} train and {val} validation images (target {target})",
+                    "training and model selection need both: give every class of each source domain at least 2 images "
+                    "(a random split holds out 20% of each class), or drop that domain from the data",
+                )
+        if protocol == "ssda":
+            shots = config.shots * len(dataset.classes)
+            train, test = len(dataset.samples(target, "train")), len(dataset.samples(target, "test"))
+            if train <= shots or test <= shots:
+                raise ConfigError(
+                    f"--shots {config.shots} takes {shots} labelled images of target {target}, which leaves "
+                    f"{max(train - shots, 0)} unlabelled train and at most {max(test - shots, 0)} test images",
+                    f"use --shots {max(1, config.shots - 1)} or fewer, or a target with more images",
+                )
     images = config.batch_size * (len(dataset.domains) - 1 + (protocol != "dg"))  # sources + the target batch
     check_step_memory(config.image_size, config.batch_size, images)
 
