@@ -16,9 +16,12 @@ is ``$DGMETA_HOME/runs``, else ``runs/`` beside a local tracking store (``sqlite
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,9 @@ from dgmeta.errors import ConfigError, TrainingError, WeightsError
 
 FORMAT = "dgmeta.checkpoint/1"
 FILE_NAME = "checkpoint.pt"
+TMP_PREFIX = ".tmp-"  # a checkpoint being written; renamed to FILE_NAME when complete
+#: a lock file younger than this may belong to a run between opening and locking it
+STALE_AFTER_S = 600
 #: meta keys that must agree between a checkpoint and the job resuming from it
 IDENTITY_KEYS = ("config_hash", "backbone", "target", "seed")
 
@@ -112,7 +118,7 @@ def save_checkpoint(path: Path, meta: dict[str, Any], state: dict[str, Any]) -> 
     """Write ``{format, meta, state}`` atomically; the previous file stays intact until the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".pt")
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save({"format": FORMAT, "meta": dict(meta), "state": state}, handle)
@@ -197,11 +203,17 @@ class RunFolder:
         self.path = Path(root) / config_hash / parent_run_id
         self.parent_run_id = parent_run_id
 
+    @contextmanager
     def lock(self):
-        """Held while the command runs, so a `--resume` of a run that is still alive is refused."""
+        """Held while the command runs, so a `--resume` of a run that is still alive is refused.
+        Holding it, any ``.tmp-*.pt`` in this run's folders is a leftover of a killed writer."""
         from dgmeta.orchestration.locks import exclusive_lock
 
-        return exclusive_lock(self.path / "lock", f"run {self.parent_run_id}")
+        clean_stale_runs(self.path.parent.parent, keep=self.path)
+        with exclusive_lock(self.path / "lock", f"run {self.parent_run_id}") as path:
+            for leftover in self.path.glob(f"*/{TMP_PREFIX}*.pt"):
+                leftover.unlink(missing_ok=True)
+            yield path
 
     def job(self, target: str, seed: int, identity: dict[str, Any]) -> JobCheckpoint:
         return JobCheckpoint(self.path / f"{target}-s{seed}", identity)
@@ -218,3 +230,49 @@ class RunFolder:
             except OSError:
                 break
             folder = folder.parent
+
+
+def clean_stale_runs(root: Path, keep: Path | None = None) -> int:
+    """Remove what killed runs left without a usable checkpoint: ``.tmp-*.pt`` temporaries, then
+    the lock file and the folders left empty. Only folders whose lock nobody holds and that are
+    older than :data:`STALE_AFTER_S` are touched, and a ``checkpoint.pt`` is never deleted (it is
+    what ``--resume`` continues from). Returns the number of run folders removed."""
+    removed = 0
+    for lock in Path(root).glob("*/*/lock"):
+        folder = lock.parent
+        if folder == keep or time.time() - _mtime(lock) < STALE_AFTER_S:
+            continue
+        try:
+            handle = open(lock, "a+")
+        except OSError:
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live run holds it
+            for leftover in folder.glob(f"*/{TMP_PREFIX}*.pt"):
+                leftover.unlink(missing_ok=True)
+            if any(folder.glob(f"*/{FILE_NAME}")):
+                continue
+            lock.unlink(missing_ok=True)
+            for job in folder.iterdir():
+                if job.is_dir():
+                    try:
+                        job.rmdir()
+                    except OSError:
+                        pass
+            for empty in (folder, folder.parent):
+                try:
+                    empty.rmdir()
+                except OSError:
+                    break
+            removed += not folder.exists()
+    return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
