@@ -213,7 +213,7 @@ CASES = [
     Case("unknown backbone", lambda t, v: run_toy(t, "--backbone", "resnet_nope"),
          "error: unknown backbone 'resnet_nope' — give any timm model name (timm.list_models()), e.g. tf_efficientnet_lite0 or resnet18"),
     Case("unknown base learner", lambda t, v: run_toy(t, "--base", "dan"),
-         "error: unknown --base 'dan' — did you mean 'dann'? choose one of: dann, erm, jigen, mcd"),
+         "error: unknown --base 'dan' — did you mean 'dann'? choose one of: dann, erm, jigen, mcd, mme"),
     Case("unknown meta mode", lambda t, v: run_toy(t, "--meta", "inits"),
          "error: unknown --meta 'inits' — choose one of: none, init, critic, init+critic"),
     Case("unknown protocol", lambda t, v: run_toy(t, "--protocol", "uda"),
