@@ -68,7 +68,7 @@ def test_entropy_minimax_signs_by_finite_differences():
 
     ce = lambda: F.cross_entropy(learner.predict(batch.x), batch.y)  # noqa: E731
     entropy = lambda: prediction_entropy(learner.predict(batch.target_x))  # noqa: E731 (no GRL: the plain entropy)
-    assert float(objective.terms["entropy"]) == pytest.approx(float(entropy()))
+    assert float(objective.terms["entropy"]) == pytest.approx(float(entropy().detach()))
     for name in names:
         d_ce, d_h = finite_difference(learner, ce, name), finite_difference(learner, entropy, name)
         sign = -1.0 if name.startswith("classifier") else 1.0
