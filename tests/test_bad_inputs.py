@@ -178,6 +178,17 @@ def one_image_per_class(tmp: Path, values: dict) -> list[str]:
     return ["run", f"folder:{tmp / 'tiny'}", "--target", "d2", *TINY, *store(tmp)]
 
 
+def foreign_database(tmp: Path, values: dict) -> list[str]:
+    import sqlite3
+
+    connection = sqlite3.connect(tmp / "app.db")
+    connection.executescript("CREATE TABLE customers (id INTEGER); CREATE TABLE orders (id INTEGER); INSERT INTO customers VALUES (1);")
+    connection.commit()
+    connection.close()
+    values["before"] = (tmp / "app.db").read_bytes()
+    return run_toy(tmp, "--tracking-uri", f"sqlite:///{tmp / 'app.db'}")
+
+
 def huge_images(tmp: Path, values: dict) -> list[str]:
     from dgmeta.resources import machine_memory_bytes
 
@@ -318,6 +329,8 @@ CASES = [
          "error: source domain d0 has 2 train and 0 validation images (target d2) — training and model selection need both: give every class of each source domain at least 2 images (a random split holds out 20% of each class), or drop that domain from the data"),
     Case("--shots taking every train image of the target", lambda t, v: run_toy(t, "--protocol", "ssda", "--shots", "3"),
          "error: --shots 3 takes 6 labelled images of target d2, which leaves 0 unlabelled train and at most 2 test images — use --shots 2 or fewer, or a target with more images"),
+    Case("sqlite store that is another application's database", foreign_database,
+         "error: tracking store {tmp}/app.db is a SQLite database of another application (tables: customers, orders), not an MLflow store — pass another --tracking-uri, e.g. a new file next to it (MLflow creates its tables in an empty one)"),
     Case("image size no machine can hold", huge_images,
          "error: --image-size 100000 with --batch-size 4 (8 images a step) needs at least 1192.1 GiB of memory for the input batch alone; this machine has {memory} GiB — use a smaller --image-size or --batch-size (the benchmarks run 224 px and 32 images per domain)"),
 ]
@@ -368,6 +381,8 @@ def test_bad_input(case: Case, tmp_path, capsys, monkeypatch, empty_store):
     assert "Traceback" not in err
     if not case.leaves_runs:
         assert count_runs(tmp_path) == runs_before, "a mistake found up front leaves no MLflow run behind"
+    if "before" in values:  # the file the command was pointed at is left as it was
+        assert (tmp_path / "app.db").read_bytes() == values["before"]
 
 
 def is_mlflow_log(line: str) -> bool:

@@ -22,6 +22,35 @@ PARENT_RUN_ID_TAG = "mlflow.parentRunId"
 KNOWN_SCHEMES = {"sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc"}
 
 
+#: tables every MLflow SQLite store has (its schema migrations and its experiments)
+_MLFLOW_TABLES = {"alembic_version", "experiments"}
+
+
+def _refuse_foreign_database(db: Path) -> None:
+    """MLflow would add its ~70 tables to any SQLite file silently: refuse one that holds tables
+    and is not an MLflow store. Files that are not SQLite at all are left to MLflow's own error."""
+    import sqlite3
+
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    try:
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return
+    try:
+        tables = sorted(row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    except sqlite3.Error:
+        return
+    finally:
+        connection.close()
+    if tables and not _MLFLOW_TABLES <= set(tables):
+        shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+        raise TrackingError(
+            f"tracking store {db} is a SQLite database of another application (tables: {shown}), not an MLflow store",
+            "pass another --tracking-uri, e.g. a new file next to it (MLflow creates its tables in an empty one)",
+        )
+
+
 def resolve_tracking_uri(uri: str | None) -> str:
     """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else a local SQLite store in the CWD."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
@@ -34,6 +63,7 @@ def resolve_tracking_uri(uri: str | None) -> str:
             raise TrackingError(f"tracking store {db} is a folder, not a SQLite file", f"pass e.g. --tracking-uri sqlite:///{db / 'mlruns.db'}")
         if not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
             raise TrackingError(f"tracking store {db} is not writable", "fix its permissions or pass another --tracking-uri")
+        _refuse_foreign_database(db)
     elif uri.startswith(("http://", "https://")):
         _check_server(uri)
     elif "://" in uri and uri.split("://", 1)[0].split("+", 1)[0].lower() not in KNOWN_SCHEMES:
