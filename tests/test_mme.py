@@ -77,13 +77,13 @@ def test_entropy_minimax_signs_by_finite_differences():
 
     # the direction each side moves along: a small descent step on the entropy part alone
     for side, should in (("classifier", "up"), ("featurizer", "down")):
-        before = float(entropy())
+        before = float(entropy().detach())
         with torch.no_grad():
             for name, p in learner.named_parameters():
                 if name.startswith(side):
                     d_ce = finite_difference(learner, ce, name)
                     p -= 1e-3 * (grads[name] - d_ce)  # the entropy part of the gradient only
-        after = float(entropy())
+        after = float(entropy().detach())
         assert (after > before) if should == "up" else (after < before), side
         learner = mme()  # fresh parameters for the other side
 
