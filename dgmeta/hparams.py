@@ -111,6 +111,8 @@ _COMMON: dict[str, HParam] = {
     "swad_tolerance": HParam(6, lambda r: 6, "SWAD: evaluations above the tolerance that end averaging", positive(integer=True)),
     "swad_tolerance_ratio": HParam(0.3, lambda r: 0.3, "SWAD: loss up to (1 + ratio) x the lowest stays in the region", at_least(0)),
     "augment": HParam("standard", lambda r: "standard", "standard | none: batched random-resized-crop, flip, colour jitter", one_of("standard", "none")),
+    "head_init": HParam("random", lambda r: str(r.choice(["random", "probe"])), "random | probe: start the classifier from a logistic regression on the frozen features (LP-FT)", one_of("random", "probe")),
+    "probe_C": HParam(0.1, lambda r: float(r.choice([0.01, 0.1, 1.0])), "inverse L2 strength of head_init=probe's logistic regression", positive()),
 }
 
 _LEARNERS: dict[str, dict[str, HParam]] = {

@@ -97,6 +97,7 @@ def test_pipeline_specs_and_sweeps_take_the_device(tmp_path, monkeypatch):
     from dgmeta.orchestration.spec import parse_pipeline
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)  # whatever CPU runs the test
     spec = parse_pipeline({"dataset": "pacs", "device": "cpu", "precision": "bf16"})
     assert spec.to_run_config().device == "cpu"
     with pytest.raises(ConfigError, match="no usable CUDA GPU"):

@@ -96,6 +96,8 @@ class Learner(nn.Module):
     protocols: ClassVar[tuple[str, ...]] = PROTOCOLS
     #: protocols this learner needs unlabelled target data for (for the error message)
     needs_target: ClassVar[bool] = False
+    #: whether the network's linear head is the learner's classifier (what head_init=probe fits)
+    keeps_linear_head: ClassVar[bool] = True
 
     def __init__(self, network: nn.Module, context: LearnerContext, hparams: dict):
         super().__init__()

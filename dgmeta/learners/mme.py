@@ -65,6 +65,7 @@ class MME(Learner):
     name = "mme"
     protocols = ("ssda", "msda")
     needs_target = True
+    keeps_linear_head = False  # replaced by the cosine classifier
 
     def __init__(self, network, context: LearnerContext, hparams: dict):
         super().__init__(network, context, hparams)

@@ -160,13 +160,14 @@ class EpisodicStepper(StageStepper):
 
     # -- step sizes and batch norm -----------------------------------------------------------------
     def step_sizes(self) -> dict[str, float]:
-        """Each trainable parameter's current outer learning rate (its first stage's group wins)."""
+        """Each trainable parameter's current outer learning rate (its module's optimizer group)."""
         names = {id(p): n for n, p in self.learner.named_parameters()}
         sizes: dict[str, float] = {}
         for stage in self.stages:
-            for group in self.optimizers[stage.name].param_groups:
-                for param in group["params"]:
-                    sizes.setdefault(names[id(param)], float(group["lr"]))
+            for opt in self.stage_optimizers(stage):
+                for group in opt.param_groups:
+                    for param in group["params"]:
+                        sizes.setdefault(names[id(param)], float(group["lr"]))
         return sizes
 
     @contextmanager

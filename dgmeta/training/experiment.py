@@ -90,6 +90,11 @@ def resolve_plan(config: RunConfig) -> ResolvedPlan:
     hparams = apply_overrides(default_hparams(config.base, config.meta), config.hparams)
     if config.weights == "none":  # a random network has no early filters or batch-norm statistics worth keeping
         hparams.update({k: v for k, v in FROM_SCRATCH.items() if k not in config.hparams})
+    if hparams["head_init"] == "probe" and not learner_cls.keeps_linear_head:
+        raise ConfigError(
+            f"--set head_init=probe fits a linear head, but --base {config.base} replaces the head with its own classifier",
+            "drop --set head_init=probe for this learner",
+        )
     protocol = config.protocol or DEFAULT_PROTOCOL.get(config.base, "dg")
     if protocol not in learner_cls.protocols:
         raise ConfigError(
@@ -312,6 +317,11 @@ def run_job(
         num_sources = len(data.sources)
         network = create_network(config.backbone, len(dataset.classes), config.weights, float(plan.hparams.get("dropout", 0.0)), config.channels_last)
         freeze_early_levels(network.featurizer.body, int(plan.hparams["freeze_levels"]))
+        probe_acc = None
+        if plan.hparams["head_init"] == "probe":
+            from dgmeta.training.head_init import init_head_from_probe
+
+            probe_acc = init_head_from_probe(network, data.train, config.effective_train_size, float(plan.hparams["probe_C"]))
         context = LearnerContext(
             num_classes=len(dataset.classes),
             num_domains=num_sources + (1 if data.target_shots is not None else 0),
