@@ -255,6 +255,8 @@ CASES = [
          "error: unknown hyperparameter 'learning_rate' for this base/meta — known: augment, dropout, ema_decay, freeze_bn, freeze_levels, grad_clip, head_init, head_lr_mult, lr, lr_schedule, momentum, optimizer, probe_C, swad_converge, swad_tolerance, swad_tolerance_ratio, warmup_steps, weight_decay"),
     Case("head_init=probe for a learner with its own head", lambda t, v: run_toy(t, "--base", "mme", "--set", "head_init=probe"),
          "error: --set head_init=probe fits a linear head, but --base mme replaces the head with its own classifier — drop --set head_init=probe for this learner"),
+    Case("freeze_levels beyond the backbone", lambda t, v: run_toy(t, "--set", "freeze_levels=99"),
+         "error: freeze_levels=99 would freeze the whole backbone (5 feature levels) — use --set freeze_levels=0..4"),
     Case("hyperparameter value of the wrong type", lambda t, v: run_toy(t, "--set", "lr=fast"),
          "error: --set lr=fast: expected float — give a float value, e.g. lr=0.0001"),
     Case("corrupt or truncated checkpoint", truncated_checkpoint,

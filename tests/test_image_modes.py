@@ -109,7 +109,9 @@ def test_verify_reports_what_it_feeds_the_network(tmp_path, capsys):
     exif[0x0112] = 3
     Image.new("RGB", (16, 16)).save(root / "d0" / "a" / "turned.jpg", exif=exif)
     Image.new("P", (16, 16)).save(root / "d1" / "b" / "pal.png")
+    Image.fromarray((RAMP * 4095).astype(np.uint16)).save(root / "d1" / "a" / "camera12.png")  # 12-bit data
     main(["data", "verify", f"folder:{root}", "--split", "random", "-q"])
-    out = " ".join(capsys.readouterr().out.split())
-    assert ("fed to the network as 8-bit RGB: 5 RGB, 4 I;16 (wide integer gray, scaled from its range), "
-            "1 P (palette); 1 turned upright by their EXIF orientation") in out
+    out = "".join(capsys.readouterr().out.split())  # the console may wrap anywhere
+    assert "".join("fed to the network as 8-bit RGB: 5 I;16 (wide integer gray, scaled from its range: "
+            "4 16-bit 0..65535 scaled to 0..255, 1 12-bit 0..4095 scaled to 0..255), 5 RGB, "
+            "1 P (palette); 1 turned upright by their EXIF orientation".split()) in out

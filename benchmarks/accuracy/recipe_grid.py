@@ -162,7 +162,7 @@ def ci95(values: list[float]) -> float:
     return float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
-def render(rows: list[dict]) -> str:
+def render(rows: list[dict], metric: str = "test_acc") -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["recipe"], r["base"], r["meta"], r["protocol"]), []).append(r)
@@ -173,10 +173,10 @@ def render(rows: list[dict]) -> str:
         cells = []
         per_seed: dict[int, list[float]] = {}
         for t in targets:
-            acc = [100 * r["test_acc"] for r in items if r["target"] == t]
+            acc = [100 * r[metric] for r in items if r["target"] == t]
             for r in items:
                 if r["target"] == t:
-                    per_seed.setdefault(r["seed"], []).append(100 * r["test_acc"])
+                    per_seed.setdefault(r["seed"], []).append(100 * r[metric])
             cells.append("" if not acc else f"{sum(acc) / len(acc):.1f}" + (f" ± {ci95(acc):.1f}" if len(acc) > 1 else ""))
         full = [sum(v) / len(v) for v in per_seed.values() if len(v) == len(targets)]
         avg = f"{sum(full) / len(full):.1f}" + (f" ± {ci95(full):.1f}" if len(full) > 1 else "") if full else ""
@@ -185,30 +185,41 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def paired(rows: list[dict], reference: str) -> str:
+def paired(rows: list[dict], reference: str, metric: str = "test_acc") -> str:
+    """Each group against the reference on shared (target, seed) pairs. ``reference`` is a recipe
+    name or ``field=value`` (``base=erm``: every other base against ERM's runs)."""
     from scipy import stats
 
-    by = {job_key(r): r for r in rows}
+    field, _, value = reference.rpartition("=")
+    field = field or "recipe"
+    fields = ("recipe", "base", "meta", "protocol")
+    refs = {(r["target"], r["seed"]): r for r in rows if str(r[field]) == value}
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        ref = refs.get((r["target"], r["seed"]))
+        if str(r[field]) != value and ref is not None:
+            groups.setdefault(tuple(r[f] for f in fields), []).append(100 * (r[metric] - ref[metric]))
     out = []
-    for recipe in sorted({r["recipe"] for r in rows} - {reference}):
-        diffs = []
-        for key, r in by.items():
-            if key[0] != recipe:
-                continue
-            ref = by.get((reference,) + key[1:])
-            if ref is not None:
-                diffs.append(100 * (r["test_acc"] - ref["test_acc"]))
-        if diffs:
-            n = len(diffs)
-            mean = sum(diffs) / n
-            detectable = ""
-            if n > 1:
-                sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-                # smallest true mean difference a two-sided paired t-test at 5% finds with 80% power
-                mde = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
-                detectable = f", detectable at 80% power: {mde:.1f}"
-            out.append(f"{recipe} - {reference}: {mean:+.1f} ± {ci95(diffs):.1f} points (paired, n = {n}{detectable})")
+    for group, diffs in sorted(groups.items()):
+        n = len(diffs)
+        mean = sum(diffs) / n
+        detectable = ""
+        if n > 1:
+            sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+            # smallest true mean difference a two-sided paired t-test at 5% finds with 80% power
+            mde = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+            detectable = f", detectable at 80% power: {mde:.1f}"
+        label = "/".join(str(g) for g in group)
+        out.append(f"{label} - {reference}: {mean:+.1f} ± {ci95(diffs):.1f} points {metric} (paired, n = {n}{detectable})")
     return "\n".join(out)
+
+
+def averaging_gain(rows: list[dict]) -> str:
+    """The averaged model (``test_acc``) against the best live checkpoint of the same run."""
+    diffs = [100 * (r["test_acc"] - r["live_test_acc"]) for r in rows if r["config"].get("average", "none") != "none"]
+    if not diffs:
+        return "no run with --average swad|ema in these files"
+    return f"averaged - best live checkpoint: {sum(diffs) / len(diffs):+.2f} ± {ci95(diffs):.2f} points (paired, n = {len(diffs)})"
 
 
 def main() -> None:
@@ -230,7 +241,10 @@ def main() -> None:
     parser.add_argument("--test-every-eval", action="store_true", help="score the target at every evaluation (curves)")
     parser.add_argument("--eval-every", type=int, default=None, help="override the recipe's evaluation interval")
     parser.add_argument("--table", nargs="*", default=None, help="render these result files instead of running")
-    parser.add_argument("--reference", default=None, help="recipe to pair the others against in --table")
+    parser.add_argument("--reference", default=None, help="in --table, pair the others against this recipe, or field=value (base=erm)")
+    parser.add_argument("--metric", default="test_acc", choices=("test_acc", "live_test_acc"),
+                        help="in --table: the reported model (test_acc) or the best live checkpoint (live_test_acc)")
+    parser.add_argument("--averaging-gain", action="store_true", help="in --table: what --average swad|ema added per run")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
@@ -240,9 +254,11 @@ def main() -> None:
         run_one(args)
     elif args.table is not None:
         rows = [r for path in args.table for r in read_rows(Path(path))]
-        print(render(rows))
+        print(render(rows, args.metric))
         if args.reference:
-            print(paired(rows, args.reference))
+            print(paired(rows, args.reference, args.metric))
+        if args.averaging_gain:
+            print(averaging_gain(rows))
     else:
         run_grid(args)
 

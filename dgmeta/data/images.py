@@ -52,6 +52,7 @@ class Decoded:
     image: Image.Image
     mode: str  # the file's PIL mode
     rotated: bool  # an EXIF orientation other than "upright" was applied
+    scaling: str | None = None  # wide and float modes: the value range mapped onto 0..255
 
 
 def open_rgb(path: Path, size: int | None = None) -> Image.Image:
@@ -71,22 +72,24 @@ def decode_rgb(path: Path, size: int | None = None) -> Decoded:
                 image.draft("RGB", (size, size))  # JPEG: cheap DCT-domain downscale, never below size
             orientation = image.getexif().get(0x0112, 1)
             upright = ImageOps.exif_transpose(image) if orientation not in (1, None) else image
-            rgb = _to_rgb(upright, path)
+            rgb, scaling = _to_rgb(upright, path)
             if size is not None and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-            return Decoded(rgb, mode, orientation not in (1, None))
+            return Decoded(rgb, mode, orientation not in (1, None), scaling)
     except FileNotFoundError:
         raise DataError(f"image file missing: {path}", "restore it, or run `dgmeta data verify` to list every problem") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}", "replace or remove the file, then run `dgmeta data verify`") from None
 
 
-def describe_mode(mode: str) -> str:
-    """A PIL mode and what decoding does with it, for `dgmeta data verify`."""
+def describe_mode(mode: str, scalings: dict[str, int] | None = None) -> str:
+    """A PIL mode and what decoding does with it, for `dgmeta data verify`; ``scalings`` counts
+    the value-range rules its files took (see :func:`_scale_to_8_bits`)."""
     if mode in _ALPHA_MODES:
         return f"{mode} (transparency on white)"
     if mode in _WIDE_MODES:
-        return f"{mode} ({'float' if mode == 'F' else 'wide integer'} gray, scaled from its range)"
+        rules = ", ".join(f"{n:,} {rule}" for rule, n in sorted((scalings or {}).items(), key=lambda kv: (-kv[1], kv[0])))
+        return f"{mode} ({'float' if mode == 'F' else 'wide integer'} gray, scaled from its range" + (f": {rules})" if rules else ")")
     if mode == "P":
         return "P (palette)"
     if mode in ("1", "L"):
@@ -94,44 +97,46 @@ def describe_mode(mode: str) -> str:
     return mode
 
 
-def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
+def _to_rgb(image: Image.Image, path: Path) -> tuple[Image.Image, str | None]:
     if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         rgb = Image.new("RGB", rgba.size, (255, 255, 255))
         rgb.paste(rgba, mask=rgba.getchannel("A"))
-        return rgb
+        return rgb, None
     if image.mode in _WIDE_MODES:
-        gray = _scale_to_8_bits(np.asarray(image), image.mode == "F", path)
-        return Image.fromarray(gray, "L").convert("RGB")
+        gray, scaling = _scale_to_8_bits(np.asarray(image), image.mode == "F", path)
+        return Image.fromarray(gray, "L").convert("RGB"), scaling
     if image.mode in _PLAIN_MODES:
-        return image.convert("RGB")
+        return image.convert("RGB"), None
     raise DataError(
         f"cannot decode image {path}: PIL mode {image.mode!r} is not supported",
         f"convert the file to 8-bit RGB or grayscale (supported modes: {', '.join(_PLAIN_MODES + _ALPHA_MODES + _WIDE_MODES)})",
     )
 
 
-def _scale_to_8_bits(values: np.ndarray, float_mode: bool, path: Path) -> np.ndarray:
+def _scale_to_8_bits(values: np.ndarray, float_mode: bool, path: Path) -> tuple[np.ndarray, str]:
     """One channel of a wide integer or float image as uint8, from its real range. Integers are
     scaled by the smallest bit depth that holds their maximum (12-bit data in a 16-bit file fills
     0..4095, so it is not darkened 16x), which keeps brightness comparable between images of one
     camera; floats in [0, 1] are fractions of white; values already in 0..255 stay; anything else
-    (negative values, floats above 255) is stretched min..max."""
+    (negative values, floats above 255) is stretched min..max. Also returns the rule applied, in
+    words, for `dgmeta data verify`."""
     values = values.astype(np.float64)
     if not np.isfinite(values).all():
         raise DataError(f"cannot decode image {path}: it holds NaN or infinite pixel values", "replace the file, or write finite pixel values")
     low, high = float(values.min()), float(values.max())
     if float_mode and low >= 0 and high <= 1:
-        scaled = values * 255.0
+        scaled, rule = values * 255.0, "0..1 scaled to 0..255"
     elif low >= 0 and high <= 255:
-        scaled = values
+        scaled, rule = values, "values within 0..255 kept"
     elif low >= 0 and not float_mode:
-        scaled = values * (255.0 / (2 ** int(high).bit_length() - 1))
+        bits = int(high).bit_length()
+        scaled, rule = values * (255.0 / (2**bits - 1)), f"{bits}-bit 0..{2**bits - 1} scaled to 0..255"
     elif high > low:
-        scaled = (values - low) * (255.0 / (high - low))
+        scaled, rule = (values - low) * (255.0 / (high - low)), "stretched from its min..max"
     else:  # one negative or huge value everywhere: no contrast to keep
-        scaled = np.zeros_like(values)
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+        scaled, rule = np.zeros_like(values), "one value everywhere, fed as black"
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8), rule
 
 
 def _cache_key(samples: Sequence[Sample], image_size: int) -> str:

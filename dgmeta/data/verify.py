@@ -27,10 +27,11 @@ class VerifyReport:
     files: int = 0
     modes: dict[str, int] = field(default_factory=dict)  # the files' PIL modes, all fed as 8-bit RGB
     rotated: int = 0  # files turned upright by their EXIF orientation
+    scalings: dict[str, dict[str, int]] = field(default_factory=dict)  # mode -> value-range rule -> files
 
     def decoding(self) -> str:
         """What the network is fed: every decoded file as 8-bit RGB, from which source modes."""
-        parts = ", ".join(f"{count:,} {describe_mode(mode)}" for mode, count in sorted(self.modes.items(), key=lambda kv: (-kv[1], kv[0])))
+        parts = ", ".join(f"{count:,} {describe_mode(mode, self.scalings.get(mode))}" for mode, count in sorted(self.modes.items(), key=lambda kv: (-kv[1], kv[0])))
         line = f"fed to the network as 8-bit RGB: {parts or 'no files'}"
         return line + (f"; {self.rotated:,} turned upright by their EXIF orientation" if self.rotated else "")
 
@@ -96,6 +97,9 @@ def _check_decoding(ds: DomainDataset, paths: list[str], report: VerifyReport, p
         with lock:
             report.modes[decoded.mode] = report.modes.get(decoded.mode, 0) + 1
             report.rotated += decoded.rotated
+            if decoded.scaling:
+                rules = report.scalings.setdefault(decoded.mode, {})
+                rules[decoded.scaling] = rules.get(decoded.scaling, 0) + 1
 
     run_chunked(paths, decode, f"decoding {len(paths):,} {ds.name} images", progress)
     if failures:

@@ -118,6 +118,13 @@ def resolve_plan(config: RunConfig) -> ResolvedPlan:
             "use a dataset with three or more domains, or --meta none",
         )
     _check_run_options(config, dataset, targets, protocol)
+    if int(hparams["freeze_levels"]) > 0:  # the bound depends on the backbone: check it on a weightless copy
+        import torch
+
+        from dgmeta.models.freezing import frozen_prefix
+
+        with torch.device("meta"):
+            frozen_prefix(timm.create_model(config.backbone, pretrained=False, num_classes=0), int(hparams["freeze_levels"]))
     _check_split_sizes(config, dataset, targets, protocol)
     return ResolvedPlan(dataset, targets, protocol, hparams)
 
