@@ -6,7 +6,8 @@ one optimizer per network (G, F1, F2) that all its steps use. Under Adam this ma
 optimizer of its own, MCD's discrepancy stage would take full-size normalised steps on a gradient
 far smaller than the classification one (measured: pacs-mini sketch at 10 steps fell to 15%,
 chance 14%, against ERM's 44%); sharing the moments scales it by the classification gradients.
-Subclasses (the meta wrappers in ``dgmeta.meta``) add gradients through :meth:`StageStepper.add_gradients` without the learner knowing.
+Subclasses (the meta wrappers in ``dgmeta.meta``) add gradients through
+:meth:`StageStepper.add_gradients` without the learner knowing.
 """
 
 from __future__ import annotations
