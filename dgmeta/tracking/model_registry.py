@@ -1,8 +1,10 @@
 """The MLflow model registry: versions of a trained network, with the evidence they were judged on.
 
-A version's source is ``runs:/<run_id>/model`` (the run's plain ``model/network.pt`` artifact,
-registered with ``MlflowClient.create_model_version``: MLflow's ``register_model`` insists on
-an MLflow-flavoured logged model, which a dgmeta network is not). Its tags say what it scored
+A version's source is ``runs:/<run_id>/model``: the MLflow model every run logs
+(``dgmeta.tracking.mlflow_model``), so ``mlflow.pytorch.load_model("models:/NAME@champion")``,
+``mlflow.pyfunc.load_model`` and ``mlflow models serve`` take a version as it is, and the same
+folder's ``network.pt`` serves dgmeta's own loader. Registering points at the run's artifact; it
+never uploads the network again. Its tags say what it scored
 and on what: ``test_acc`` (mean over the evaluated (target, seed) runs, a fraction),
 ``config_hash``, ``data_fingerprint``, ``protocol``, ``targets``, ``seeds`` and ``run_ids``.
 Aliases ``champion`` (the version in use) and ``challenger`` (the latest candidate that did not
@@ -26,6 +28,12 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
 NETWORK_FILE = "network.pt"
+REGISTERED_MODEL_DESCRIPTION = (
+    "dgmeta image classifier. Input: uint8 RGB images, NCHW, at the run's test resolution (the version's signature); "
+    "output: class probabilities (class names in the MLmodel metadata). "
+    "Load with mlflow.pytorch.load_model / mlflow.pyfunc.load_model('models:/NAME@champion'), serve with "
+    "`mlflow models serve -m models:/NAME@champion`; model/network.pt is the same network for dgmeta's own tools."
+)
 
 
 @dataclass
@@ -106,7 +114,7 @@ def _ensure_model(client, name: str) -> None:
         client.get_registered_model(name)
     except MlflowException:
         try:
-            client.create_registered_model(name, description="dgmeta network (model/network.pt, load with dgmeta.models.checkpoint.load_network)")
+            client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
         except MlflowException as exc:  # a concurrent registration created it first
             if "already exists" not in str(exc).lower():
                 raise

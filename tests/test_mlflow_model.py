@@ -1,0 +1,187 @@
+"""A trained network is an MLflow model: plain MLflow loads a registered version (pytorch and
+pyfunc flavors) and `mlflow models serve` answers a request with the class probabilities the
+network computes in process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from dgmeta.config import RunConfig
+from dgmeta.tracking.mlflow_model import ImageClassifier, log_network_model
+from dgmeta.tracking.model_registry import register_run
+from tests.helpers import make_folder_dataset
+
+SERVE_TIMEOUT = 180  # seconds until /ping answers; the server imports MLflow and torch on a busy machine
+MODEL = "toy-dg"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny real run, registered as MODEL@champion; yields (uri, run id, target images)."""
+    from dgmeta.data import create_dataset
+    from dgmeta.data.images import load_images
+    from dgmeta.training.experiment import run_experiment
+
+    home = tmp_path_factory.mktemp("mlflow-model")
+    root = make_folder_dataset(home / "toy", per_class=8)
+    uri = f"sqlite:///{home / 'mlruns.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DGMETA_CACHE", str(home / "cache"))
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        config = RunConfig(
+            dataset=f"folder:{root}", base="erm", targets=["d2"], steps=4, seeds=[0], split="random", tracking_uri=uri,
+            experiment="toy", backbone="test_resnet", weights="none", image_size=24, train_image_size=24, batch_size=4,
+            eval_every=2, quiet=True,
+        )
+        (run,) = run_experiment(config).runs
+        client = MlflowClient(tracking_uri=uri)
+        register_run(run.run_id, MODEL, alias="champion", client=client)
+        dataset = create_dataset(f"folder:{root}", split="random")
+        images = np.array(load_images(dataset.samples("d2", "test"), 24, cache_dir=home / "cache", progress=False))
+        yield uri, run.run_id, images, home
+
+
+def _dgmeta_probabilities(uri: str, run_id: str, images: np.ndarray, folder: Path) -> np.ndarray:
+    from dgmeta.models.checkpoint import load_network
+
+    client = MlflowClient(tracking_uri=uri)
+    network, meta = load_network(client.download_artifacts(run_id, "model/network.pt", str(folder)))
+    with torch.no_grad():
+        return torch.softmax(network.eval()(torch.from_numpy(images).float() / 255), dim=1).numpy()
+
+
+def test_run_logs_one_mlflow_model_holding_network_pt(trained, monkeypatch):
+    uri, run_id, _, home = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri)
+    names = {a.path for a in client.list_artifacts(run_id, "model")}
+    assert {"model/MLmodel", "model/network.pt", "model/data", "model/requirements.txt"} <= names
+    assert [a.path for a in client.list_artifacts(run_id) if a.path.endswith(".pt2")] == []  # logged once, under model/
+    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    assert set(info.flavors) == {"pytorch", "python_function"}
+    (spec,) = info.signature.inputs.inputs
+    assert spec.type == np.dtype(np.uint8) and spec.shape == (-1, 3, 24, 24)
+    assert info.signature.outputs.inputs[0].shape == (-1, 2)
+    assert info.metadata["classes"] == ["a", "b"] and info.metadata["target"] == "d2"
+    example = json.loads(Path(client.download_artifacts(run_id, "model/serving_input_example.json", str(home))).read_text())
+    assert np.asarray(example["inputs"]).shape == (1, 3, 24, 24)
+
+
+def test_registered_version_loads_with_plain_mlflow(trained, monkeypatch, tmp_path):
+    uri, run_id, images, _ = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    expected = _dgmeta_probabilities(uri, run_id, images, tmp_path)
+
+    module = mlflow.pytorch.load_model(f"models:/{MODEL}@champion")
+    with torch.no_grad():
+        probabilities = module(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+
+    from dgmeta.evaluation.accuracy import predict_array
+    from dgmeta.models.checkpoint import load_network
+
+    network, _ = load_network(MlflowClient(tracking_uri=uri).download_artifacts(run_id, "model/network.pt", str(tmp_path / "n")))
+    dgmeta_classes, _ = predict_array(network, images)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion", model_config={"device": "cpu"})
+    assert (pyfunc.predict(images).argmax(1) == dgmeta_classes).all()
+    with pytest.raises(mlflow.exceptions.MlflowException, match="shape"):  # the signature guards the resolution
+        pyfunc.predict(np.zeros((1, 3, 32, 32), dtype=np.uint8))
+
+
+def test_in_process_module_takes_uint8_or_float_images():
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    module = ImageClassifier(network, 8).eval()
+    pixels = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    torch.testing.assert_close(module(pixels), module(pixels.float() / 255))
+    with pytest.raises(ValueError, match=r"\[N, 3, 8, 8\]"):
+        module(torch.zeros(1, 3, 16, 16))
+
+
+def test_export_failure_keeps_network_pt_and_says_why(tmp_path, monkeypatch, capsys):
+    from dgmeta.tracking import mlflow_model
+    from dgmeta.tracking.mlflow_run import Tracking
+
+    network_file = tmp_path / "network.pt"
+    network_file.write_bytes(b"weights")
+    tracking = Tracking(f"sqlite:///{tmp_path / 'store.db'}", "broken-export")
+    run = tracking.start_run("r", {})
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("torch.export cannot trace this backbone\nlong trace")
+
+    monkeypatch.setattr(mlflow_model, "save_mlflow_model", refuse)
+    assert log_network_model(run, network_file, torch.nn.Linear(1, 1), {"image_size": 8}) == network_file
+    stored = tracking.client.get_run(run.run_id)
+    assert stored.data.tags["dgmeta.mlflow_model_error"] == "RuntimeError: torch.export cannot trace this backbone"
+    assert [a.path for a in tracking.client.list_artifacts(run.run_id, "model")] == ["model/network.pt"]
+    assert "no MLflow model" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_class_probabilities(trained, tmp_path):
+    uri, run_id, images, _ = trained
+    expected = _dgmeta_probabilities(uri, run_id, images[:3], tmp_path)
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"},
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,  # own group: its workers die with it
+    )
+    try:
+        deadline = time.monotonic() + SERVE_TIMEOUT
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"`mlflow models serve` not ready (exit {server.poll()}): {(tmp_path / 'serve.log').read_text()[-2000:]}")
+            time.sleep(1)
+        answer = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": images[:3].tolist()})
+        probabilities = np.asarray(answer["predictions"], dtype=np.float32)
+        assert probabilities.shape == (3, 2)
+        np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the signature guards the resolution
+            _post(f"http://127.0.0.1:{port}/invocations", {"inputs": np.zeros((1, 3, 32, 32), dtype=np.uint8).tolist()})
+        assert refused.value.code == 400
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+        log.close()
