@@ -1,6 +1,7 @@
 """A trained network is an MLflow model: plain MLflow loads a registered version (pytorch and
 pyfunc flavors) and `mlflow models serve` answers a request with the class probabilities the
-network computes in process."""
+network computes in process. The run's record reads as a DG experiment in MLflow's UI: classic-ML
+experiment kind, the dataset as an input, parameters without noise, one summary point per metric."""
 
 from __future__ import annotations
 
@@ -54,6 +55,56 @@ def trained(tmp_path_factory):
         dataset = create_dataset(f"folder:{root}", split="random")
         images = np.array(load_images(dataset.samples("d2", "test"), 24, cache_dir=home / "cache", progress=False))
         yield uri, run.run_id, images, home
+
+
+def test_run_record_reads_as_a_dg_experiment(trained, tmp_path):
+    from dgmeta.data import create_dataset
+
+    uri, run_id, _, home = trained
+    client = MlflowClient(tracking_uri=uri)
+    child = client.get_run(run_id)
+    parent = client.get_run(child.data.tags["mlflow.parentRunId"])
+    assert client.get_experiment(child.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+    fingerprint = create_dataset(f"folder:{home / 'toy'}", split="random").fingerprint()
+    assert child.data.tags["dgmeta.data_fingerprint"] == fingerprint
+    for run, extra in ((child, {"dgmeta.target": "d2"}), (parent, {})):
+        (logged,) = run.inputs.dataset_inputs
+        assert logged.dataset.name == "toy" and fingerprint.startswith(logged.dataset.digest) and len(logged.dataset.digest) == 12
+        assert json.loads(logged.dataset.source) == {"uri": (home / "toy").resolve().as_uri()}
+        assert json.loads(logged.dataset.profile)["domains"] == ["d0", "d1", "d2"]
+        tags = {t.key: t.value for t in logged.tags}
+        assert tags == {"mlflow.data.context": "training", "dgmeta.split": "random", "dgmeta.data_fingerprint": fingerprint, **extra}
+
+    for run in (child, parent):
+        params = run.data.params
+        assert {"data_root", "cache_dir", "quiet", "resume", "run_name", "tracking_uri", "experiment", "hp.warm_start"}.isdisjoint(params)
+        assert "None" not in params.values() and params["steps"] == "4" and params["split"] == "random"
+
+    # one summary point for val_acc (the selected checkpoint's); the per-evaluation curve is acc.mean.val
+    (point,) = client.get_metric_history(run_id, "val_acc")
+    curve = client.get_metric_history(run_id, "acc.mean.val")
+    assert [m.step for m in curve] == [2, 4] and point.step == 4
+    results = json.loads(Path(client.download_artifacts(run_id, "results.json", str(tmp_path))).read_text())
+    selected = next(c for c in results["checkpoints"] if c["step"] == results["selected_step"])
+    assert point.value == pytest.approx(selected["val_mean"])
+    assert point.value == pytest.approx(next(m.value for m in curve if m.step == results["selected_step"]))
+    for key, history in ((k, client.get_metric_history(run_id, k)) for k in child.data.metrics):
+        assert len({m.step for m in history}) == len(history), f"{key} has two points at one step"
+
+
+def test_experiment_kind_is_set_once_and_a_chosen_kind_kept(tmp_path):
+    from dgmeta.tracking.mlflow_run import Tracking
+
+    uri = f"sqlite:///{tmp_path / 'kinds.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    older = client.create_experiment("older")  # made before dgmeta set the kind
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "finetuning"})
+    for name in ("older", "chosen", "new"):
+        Tracking(uri, name)
+    kinds = {e.name: e.tags.get("mlflow.experimentKind") for e in client.search_experiments()}
+    assert kinds == {"older": "custom_model_development", "chosen": "finetuning", "new": "custom_model_development", "Default": None}
+    assert older and chosen
 
 
 def _dgmeta_probabilities(uri: str, run_id: str, images: np.ndarray, folder: Path) -> np.ndarray:

@@ -12,12 +12,21 @@ import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from dgmeta.errors import TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 PARENT_RUN_ID_TAG = "mlflow.parentRunId"
+#: MLflow 3's UI opens an experiment without this tag in its GenAI mode (traces, evaluation);
+#: "custom_model_development" is its classic-ML kind (runs, metrics, models)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: options that say how a command runs, not what it computes: the run already records them
+#: (its experiment, name and store) or they change nothing in the result (quiet, resume)
+OPERATIONAL_PARAMS = frozenset({"quiet", "resume", "run_name", "tracking_uri", "experiment"})
+#: MLflow keeps a dataset digest of at most 36 characters; the full fingerprint is an input tag
+DIGEST_LENGTH = 12
 #: tracking URI schemes MLflow stores understand (a driver may follow a "+", as in postgresql+psycopg2)
 KNOWN_SCHEMES = {"sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc"}
 
@@ -154,11 +163,15 @@ class Tracking:
                 self.client = MlflowClient(tracking_uri=self.uri)
                 found = self.client.get_experiment_by_name(experiment)
                 if found is None:
-                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root_for(self.uri))
+                    self.experiment_id = self.client.create_experiment(
+                        experiment, artifact_location=artifact_root_for(self.uri), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                    )
                 else:
                     if found.lifecycle_stage == "deleted":
                         self.client.restore_experiment(found.experiment_id)
                     self.experiment_id = found.experiment_id
+                    if EXPERIMENT_KIND_TAG not in found.tags:  # a kind someone chose in the UI is kept
+                        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         except TrackingError:
             raise
         except Exception as exc:
@@ -184,9 +197,10 @@ class RunLogger:
         self.finished = False
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """Logs ``params`` less the noise: unset options (None, "") and :data:`OPERATIONAL_PARAMS`."""
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, str(v)[:6000]) for k, v in params.items() if v is not None and v != "" and k not in OPERATIONAL_PARAMS]
         for start in range(0, len(items), 90):
             self.client.log_batch(self.run_id, params=items[start : start + 90])
 
@@ -225,3 +239,37 @@ class RunLogger:
         finally:
             self.client.set_terminated(self.run_id, status)
             self.finished = True
+
+
+def training_curves(run) -> Callable[[dict[str, float], int], None]:
+    """The trainer's ``on_metrics`` for ``run``. The mean source validation accuracy of each
+    evaluation is charted as ``acc.mean.val`` beside ``acc.<domain>.val``: ``val_acc`` is the
+    selected checkpoint's, logged once when the run ends, so it gets no second point there."""
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        run.log_metrics({("acc.mean.val" if key == "val_acc" else key): value for key, value in metrics.items()}, step)
+
+    return log
+
+
+def log_dataset_input(run, dataset, context: str = "training", **tags: Any) -> None:
+    """``dataset`` (a ``DomainDataset``) as the run's MLflow input: name, digest (the start of its
+    fingerprint), where it lies, its domains and classes; the split kind and ``tags`` as input tags.
+    Runs of other ranks than 0 (no MLflow client) log nothing."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    if not isinstance(run, RunLogger):
+        return
+    fingerprint = dataset.fingerprint()
+    entity = Dataset(
+        name=Path(dataset.name.split(":", 1)[-1]).name,  # folder:/data/office is shown as "office", its path as the source
+        digest=fingerprint[:DIGEST_LENGTH],
+        source_type="local",
+        source=json.dumps({"uri": Path(dataset.root).resolve().as_uri()}),
+        profile=json.dumps({"domains": list(dataset.domains), "classes": len(dataset.classes)}),
+    )
+    input_tags = {"mlflow.data.context": context, "dgmeta.split": dataset.split_kind, "dgmeta.data_fingerprint": fingerprint}
+    input_tags.update({f"dgmeta.{k}": str(v) for k, v in tags.items()})
+    run.client.log_inputs(run.run_id, datasets=[DatasetInput(entity, tags=[InputTag(k, v) for k, v in input_tags.items()])])

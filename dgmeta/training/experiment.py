@@ -225,7 +225,7 @@ def _check_split_sizes(config: RunConfig, dataset, targets: list[str], protocol:
 def run_experiment(config: RunConfig, plan: ResolvedPlan | None = None) -> ExperimentResult:
     from contextlib import ExitStack
 
-    from dgmeta.tracking.mlflow_run import Tracking
+    from dgmeta.tracking.mlflow_run import Tracking, log_dataset_input
     from dgmeta.training.allocator import configure_allocator
     from dgmeta.training.checkpointing import RunFolder, ensure_writable_folder, runs_root
     from dgmeta.training.distributed import setup
@@ -260,6 +260,7 @@ def run_experiment(config: RunConfig, plan: ResolvedPlan | None = None) -> Exper
             parent = reopen(tracking, resume.parent)
         result = ExperimentResult(parent.run_id, config, plan.protocol)
         try:
+            log_dataset_input(parent, plan.dataset)  # a resumed run already has it: MLflow keeps one
             parent.log_params(missing_params(resume.parent if resume else None, params))
             for target in plan.targets:
                 for seed in config.seeds:
@@ -300,6 +301,7 @@ def run_job(
     from dgmeta.models.freezing import freeze_early_levels
     from dgmeta.training.averaging import create_averager
     from dgmeta.training.trainer import BatchSource, Trainer
+    from dgmeta.tracking.mlflow_run import log_dataset_input, training_curves
 
     if existing is not None and existing.info.status == "FINISHED":
         return finished_result(tracking, existing, target, seed)
@@ -313,6 +315,7 @@ def run_job(
     if folder is not None:
         checkpoint = folder.job(target, seed, {"config_hash": config_hash, "backbone": config.backbone, "target": target, "seed": seed})
     try:
+        log_dataset_input(child, dataset, target=target)
         from dgmeta.device import configure_device, grad_scaler, resolve_device
 
         seed_everything(seed, config.deterministic)
@@ -345,7 +348,7 @@ def run_job(
         batches = BatchSource(data, config.batch_size, seed, augment=plan.hparams.get("augment", "standard") != "none", dist=dist, train_size=config.effective_train_size, device=device)
         trainer = Trainer(
             learner, stepper, data, batches, total_calls(stepper), config.eval_every, config.precision,
-            on_metrics=child.log_metrics, progress=not config.quiet and dist.is_main,
+            on_metrics=training_curves(child), progress=not config.quiet and dist.is_main,
             description=f"{config.base}+{config.meta} → {target} s{seed}",
             evaluate_fn=dist.evaluate if dist.enabled else None,
             checkpoint_every=config.checkpoint_every,
@@ -367,7 +370,7 @@ def run_job(
         test_acc = selected.test[target]
         final = {
             "test_acc": test_acc,
-            "val_acc": selected.val_mean,
+            "val_acc": selected.val_mean,  # the selected checkpoint's; the curve is acc.mean.val (training_curves)
             "selected_step": selected.step,
             "oracle_test_acc": oracle_acc,
             "live_test_acc": (outcome.history.selected_live().test or {}).get(target, float("nan")),
