@@ -153,6 +153,8 @@ def test_registered_version_loads_with_plain_mlflow(trained, monkeypatch, tmp_pa
     assert (pyfunc.predict(images).argmax(1) == dgmeta_classes).all()
     with pytest.raises(mlflow.exceptions.MlflowException, match="shape"):  # the signature guards the resolution
         pyfunc.predict(np.zeros((1, 3, 32, 32), dtype=np.uint8))
+    with pytest.raises(mlflow.exceptions.MlflowException, match="schema"):  # and the pixel type
+        pyfunc.predict(images[:1] / 255)
 
 
 def test_in_process_module_takes_uint8_or_float_images():
