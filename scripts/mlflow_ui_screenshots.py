@@ -3,8 +3,8 @@
     python scripts/mlflow_ui_screenshots.py                         # -> benchmarks/results/ui/*.png
     python scripts/mlflow_ui_screenshots.py --out /tmp/ui --keep    # keep the store to browse it
 
-Trains a tiny real run (pacs-mini, target sketch, 2 steps at 64 px) into a fresh SQLite store,
-registers its network as ``pacs-mini-ui@champion``, starts ``mlflow server`` on 127.0.0.1 (a free
+Trains a tiny real run (pacs-mini, targets sketch and photo, 2 steps at 64 px) into a fresh
+SQLite store, registers the sketch network as ``pacs-mini-ui@champion``, starts ``mlflow server`` on 127.0.0.1 (a free
 port) and saves a PNG of each page with headless Chromium (Debian: ``apt-get install chromium``).
 The server is always stopped, also on errors. PNGs are reduced to a 256-colour palette so each
 stays well under 300 KB.
@@ -54,12 +54,12 @@ def train_and_register(home: Path, args) -> tuple[str, str, str]:
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     config = RunConfig(
-        dataset="pacs-mini", base="erm", targets=["sketch"], seeds=[0], steps=args.steps, image_size=args.image_size,
+        dataset="pacs-mini", base="erm", targets=args.targets.split(","), seeds=[0], steps=args.steps, image_size=args.image_size,
         eval_every=args.steps, batch_size=8, tracking_uri=uri, experiment=EXPERIMENT, quiet=True,
         backbone=args.backbone, weights=args.weights,
     )
     result = run_experiment(config)
-    (run,) = result.runs
+    run = result.runs[0]
     client = MlflowClient(tracking_uri=uri)
     version = register_run(run.run_id, MODEL, alias="champion", client=client)
     return client.get_run(run.run_id).info.experiment_id, run.run_id, version.version
@@ -146,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ui")
     parser.add_argument("--keep", action="store_true", help="keep the store (its folder is printed)")
     parser.add_argument("--reuse", type=Path, help="a folder kept by --keep: screenshot its store again, no training")
+    parser.add_argument("--targets", default="sketch,photo", help="comma-separated; the first one's network is registered")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--weights", default="imagenet")
-    parser.add_argument("--width", type=int, default=1500)
+    parser.add_argument("--width", type=int, default=1800)
     parser.add_argument("--height", type=int, default=1000)
     parser.add_argument("--wait-ms", type=int, default=20000, help="virtual time the page gets to load and render")
     args = parser.parse_args(argv)
@@ -164,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         with mlflow_server(home) as url:
             mode = f"?workflowType={ui_mode(home, experiment_id)}"
             pages = {
-                "experiment.png": f"{url}/#/experiments/{experiment_id}/runs{mode}",
+                # sorted by test_acc, the runs list flat (parent and child side by side)
+                "experiment.png": f"{url}/#/experiments/{experiment_id}/runs{mode}&orderByKey=metrics.%60test_acc%60&orderByAsc=false",
+                "experiment_charts.png": f"{url}/#/experiments/{experiment_id}/runs{mode}&compareRunsMode=CHART",
                 "run.png": f"{url}/#/experiments/{experiment_id}/runs/{run_id}{mode}",
                 "model_version.png": f"{url}/#/models/{MODEL}/versions/{version}{mode}",
             }

@@ -129,6 +129,8 @@ def test_run_logs_one_mlflow_model_holding_network_pt(trained, monkeypatch):
     assert spec.type == np.dtype(np.uint8) and spec.shape == (-1, 3, 24, 24)
     assert info.signature.outputs.inputs[0].shape == (-1, 2)
     assert info.metadata["classes"] == ["a", "b"] and info.metadata["target"] == "d2"
+    description = client.get_model_version_by_alias(MODEL, "champion").description
+    assert description.startswith("Input: uint8 RGB images, NCHW, 24x24 pixels") and "2 classes a, b" in description
     example = json.loads(Path(client.download_artifacts(run_id, "model/serving_input_example.json", str(home))).read_text())
     assert np.asarray(example["inputs"]).shape == (1, 3, 24, 24)
 

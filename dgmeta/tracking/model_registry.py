@@ -135,11 +135,30 @@ def register_run(run_id: str, model_name: str, tags: dict[str, str] | None = Non
     version_tags.update(tags or {})
     _ensure_model(client, model_name)
     version = client.create_model_version(
-        model_name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags={k: str(v) for k, v in version_tags.items()}
+        model_name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags={k: str(v) for k, v in version_tags.items()},
+        description=_version_description(client, run_id) if "MLmodel" in names else None,
     )
     if alias:
         client.set_registered_model_alias(model_name, alias, version.version)
     return version
+
+
+def _version_description(client, run_id: str) -> str | None:
+    """What a client sends and gets back, from the run's MLmodel metadata (shown on the version's page)."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as folder:
+        meta = yaml.safe_load(open(client.download_artifacts(run_id, f"{MODEL_ARTIFACT}/MLmodel", folder))).get("metadata") or {}
+    if "image_size" not in meta:
+        return None
+    size, classes = meta["image_size"], meta.get("classes", [])
+    return (
+        f"Input: uint8 RGB images, NCHW, {size}x{size} pixels (values 0..255). "
+        f"Output: probabilities of the {len(classes)} classes {', '.join(classes)} (in this order). "
+        f"Trained on {meta.get('dataset', '?')} with target domain {meta.get('target', '?')} held out."
+    )
 
 
 def register_evaluation(evaluation: Evaluation, model_name: str, alias: str | None = None, extra_tags: dict[str, str] | None = None, client=None):
