@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 "model_version.png": f"{url}/#/models/{MODEL}/versions/{version}{mode}",
             }
             for name, page in pages.items():
-                screenshot(chromium, page, args.out / name, args.width, args.height, args.wait_ms)
+                wait = args.wait_ms * (3 if "CHART" in page else 1)  # the chart view loads plotly lazily
+                screenshot(chromium, page, args.out / name, args.width, args.height, wait)
                 print(f"{args.out / name}: {page} ({(args.out / name).stat().st_size // 1024} KB)")
     finally:
         if args.reuse:

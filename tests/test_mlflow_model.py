@@ -159,6 +159,21 @@ def test_registered_version_loads_with_plain_mlflow(trained, monkeypatch, tmp_pa
         pyfunc.predict(images[:1] / 255)
 
 
+def test_model_loads_without_dgmeta_or_timm(trained, tmp_path):
+    uri, run_id, images, _ = trained
+    folder = MlflowClient(tracking_uri=uri).download_artifacts(run_id, "model", str(tmp_path))
+    np.save(tmp_path / "x.npy", images[:2])
+    code = (
+        "import sys; sys.modules['dgmeta'] = sys.modules['timm'] = None\n"  # any import of either fails
+        "import mlflow.pyfunc, numpy as np\n"
+        f"np.save('p.npy', mlflow.pyfunc.load_model({folder!r}).predict(np.load('x.npy')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), _dgmeta_probabilities(uri, run_id, images[:2], tmp_path / "d"), atol=1e-5)
+
+
 def test_in_process_module_takes_uint8_or_float_images():
     torch.manual_seed(0)
     network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))

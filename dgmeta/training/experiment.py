@@ -370,7 +370,7 @@ def run_job(
         test_acc = selected.test[target]
         final = {
             "test_acc": test_acc,
-            "val_acc": selected.val_mean,  # the selected checkpoint's; the curve is acc.mean.val (training_curves)
+            "val_acc": selected.val_mean,
             "selected_step": selected.step,
             "oracle_test_acc": oracle_acc,
             "live_test_acc": (outcome.history.selected_live().test or {}).get(target, float("nan")),
