@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +151,6 @@ def log_network_model(run, network_path: Path, network: nn.Module, meta: dict, e
         shutil.rmtree(folder.parent, ignore_errors=True)
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
         print(f"warning: no MLflow model for run {run.run_id} ({reason}); model/{NETWORK_FILE} is logged", file=sys.stderr)
-        if os.environ.get("DGMETA_DEBUG"):
-            traceback.print_exc()
         run.set_tags({"dgmeta.mlflow_model_error": reason})
         run.log_artifact(network_path, MODEL_ARTIFACT)
         return network_path
