@@ -88,7 +88,7 @@ def main() -> None:
         for fraction in fractions:
             stepper.hparams["meta_batch_fraction"] = fraction
             episode = stepper.next_episode(batch)
-            grads = stepper.init_term.meta_gradient(learner, episode, 0.0).grads
+            grads = stepper.term("init").meta_gradient(learner, episode, 0.0, stepper.step_sizes()).grads
             meta = torch.cat([grads[name].flatten() for name in first_stage])
             plain = gradient_of(F.cross_entropy(learner(episode.meta_test.x), episode.meta_test.y))
             record(f"meta_fraction_{fraction}", float(meta.norm()))

@@ -24,12 +24,12 @@ import pytest
 
 from dgmeta.config import RunConfig
 from dgmeta.errors import TrainingError
+from dgmeta.learners.registry import learner_class
 
 TARGET_BONUS = {"d0": 0.0, "d1": 0.05, "d2": 0.10, "photo": 0.2, "sketch": 0.0}
 FINGERPRINT_ENV = "FAKE_DATA_VERSION"
 
 
-DEFAULT_PROTOCOL = {"dann": "msda", "mcd": "msda", "mme": "ssda"}  # as dgmeta.training.experiment
 
 
 @dataclass
@@ -67,7 +67,7 @@ def fake_fingerprint(config: RunConfig) -> str:
 def fake_train(config: RunConfig):
     from dgmeta.tracking.mlflow_run import Tracking
 
-    protocol = config.protocol or DEFAULT_PROTOCOL.get(config.base, "dg")
+    protocol = config.protocol or learner_class(config.base).default_protocol
     targets = config.targets or ["d0", "d1", "d2"]
     tracking = Tracking(config.tracking_uri, config.experiment)
     common = {

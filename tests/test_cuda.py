@@ -25,20 +25,19 @@ import torch.nn.functional as F
 from dgmeta.device import autocast, grad_scaler
 from dgmeta.hparams import apply_overrides, default_hparams
 from dgmeta.learners import Batch, LearnerContext, create_learner
-from dgmeta.learners.registry import LEARNERS, _load_all
+from dgmeta.learners.registry import LEARNERS
 from dgmeta.meta import create_stepper
 from dgmeta.meta.episodes import split_batch
 from dgmeta.meta.gradient import meta_gradient
 from dgmeta.models import create_network
 from dgmeta.training.data import DomainArrays, JobData
-from dgmeta.training.experiment import DEFAULT_PROTOCOL, make_stepper, seed_everything
+from dgmeta.training.experiment import make_stepper, seed_everything
 from dgmeta.training.stepper import StageStepper
 from dgmeta.training.trainer import BatchSource, Trainer
 
 pytestmark = pytest.mark.cuda
 DEVICE = torch.device(os.environ.get("DGMETA_CUDA_TEST_DEVICE", "cuda"))
 NUM_CLASSES, SOURCES, IMAGE = 3, 2, 32
-_load_all()
 #: learners whose objective draws random numbers on the device (JiGen's jigsaw): CPU and CUDA
 #: generators give other draws, so only finiteness and movement are compared
 RANDOM_OBJECTIVE = {"jigen"}
@@ -94,7 +93,7 @@ def assert_close_to_cpu(gpu_tensors, cpu_tensors, rtol=1e-4, atol=1e-5):
         torch.testing.assert_close(actual.detach().cpu(), expected.detach(), rtol=rtol, atol=atol, msg=f"{name} differs")
 
 
-LEARNER_CASES = [(name, DEFAULT_PROTOCOL.get(name, "dg")) for name in LEARNERS.names()]
+LEARNER_CASES = [(name, LEARNERS.get(name).default_protocol) for name in LEARNERS.names()]
 
 
 @pytest.mark.parametrize("name, protocol", LEARNER_CASES)

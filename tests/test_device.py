@@ -188,7 +188,10 @@ def _stepper(scaler):
             return Objective(loss, {})
 
     learner = ERMish()
-    stepper = StageStepper(learner, {"lr": 0.1, "optimizer": "sgd", "momentum": 0.0}, 10)
+    from dgmeta.hparams import apply_overrides, default_hparams
+
+    plain_sgd = {"lr": 0.1, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "head_lr_mult": 1.0, "freeze_bn": False}
+    stepper = StageStepper(learner, apply_overrides(default_hparams("erm"), plain_sgd), 10)
     stepper.scaler = scaler
     return learner, stepper
 

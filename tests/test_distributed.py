@@ -118,7 +118,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             full = evaluate(learner, data, "fp32")  # every image on this rank, after buffers were averaged
             results[case[0]] = {
                 "state": {k: v.detach().clone() for k, v in learner.state_dict().items()},
-                "critic": {k: v.clone() for k, v in stepper.critic.state_dict().items()} if hasattr(stepper, "critic") else {},
+                "critic": {k: v.clone() for t in getattr(stepper, "terms", []) if t.name == "critic" for k, v in t.critic.state_dict().items()},
                 "history": _history(trainer),
                 "sharded_eval": (sharded.val, sharded.test),
                 "full_eval": (full.val, full.test),

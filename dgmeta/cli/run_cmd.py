@@ -10,13 +10,20 @@ from rich.console import Console
 from rich.table import Table
 
 from dgmeta.config import RunConfig
+from dgmeta.learners.registry import learner_class, learner_names
+from dgmeta.meta.registry import meta_help
+
+
+def _protocol_help() -> str:
+    own = [f"{name} {learner_class(name).default_protocol}" for name in learner_names() if learner_class(name).default_protocol != "dg"]
+    return "dg | msda | ssda (default: the learner's own: " + ", ".join(own + ["dg otherwise"]) + ")"
 
 
 def run(
     dataset: Optional[str] = typer.Argument(None, help="pacs | office_home | domainnet | pacs-mini | folder:PATH"),
-    base: Optional[str] = typer.Option(None, "--base", help="erm | dann | mcd | jigen"),
-    meta: Optional[str] = typer.Option(None, "--meta", help="none | init | critic | init+critic"),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="dg | msda | ssda (default: msda for dann/mcd, dg otherwise)"),
+    base: Optional[str] = typer.Option(None, "--base", help=" | ".join(learner_names())),
+    meta: Optional[str] = typer.Option(None, "--meta", help=meta_help()),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help=_protocol_help()),
     target: Optional[List[str]] = typer.Option(None, "--target", help="target domain(s); default: each domain in turn"),
     steps: Optional[int] = typer.Option(None, "--steps", help="training steps per (target, seed) [300]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per source domain per step [32]"),

@@ -31,9 +31,9 @@ def default_train(config: RunConfig):
 
 
 def resolved_protocol(config: RunConfig) -> str:
-    from dgmeta.training.experiment import DEFAULT_PROTOCOL
+    from dgmeta.learners.registry import learner_class
 
-    return config.protocol or DEFAULT_PROTOCOL.get(config.base, "dg")
+    return config.protocol or learner_class(config.base).default_protocol
 
 
 def pipeline_config_hash(config: RunConfig) -> str:

@@ -25,7 +25,6 @@ from dgmeta.config import RunConfig
 from dgmeta.errors import ConfigError
 from dgmeta.evaluation.selection import SELECTION_RULE
 
-DEFAULT_PROTOCOL = {"dann": "msda", "mcd": "msda", "mme": "ssda"}
 #: defaults that only make sense for pretrained weights, replaced under --weights none unless --set
 FROM_SCRATCH = {"freeze_levels": 0, "freeze_bn": False}
 
@@ -82,11 +81,10 @@ def resolve_plan(config: RunConfig) -> ResolvedPlan:
 
     from dgmeta.data import create_dataset
     from dgmeta.hparams import apply_overrides, default_hparams
-    from dgmeta.learners.registry import LEARNERS, _load_all
+    from dgmeta.learners.registry import learner_class
 
     config.validate()
-    _load_all()
-    learner_cls = LEARNERS.get(config.base)
+    learner_cls = learner_class(config.base)
     hparams = apply_overrides(default_hparams(config.base, config.meta), config.hparams)
     if config.weights == "none":  # a random network has no early filters or batch-norm statistics worth keeping
         hparams.update({k: v for k, v in FROM_SCRATCH.items() if k not in config.hparams})
@@ -95,7 +93,7 @@ def resolve_plan(config: RunConfig) -> ResolvedPlan:
             f"--set head_init=probe fits a linear head, but --base {config.base} replaces the head with its own classifier",
             "drop --set head_init=probe for this learner",
         )
-    protocol = config.protocol or DEFAULT_PROTOCOL.get(config.base, "dg")
+    protocol = config.protocol or learner_cls.default_protocol
     if protocol not in learner_cls.protocols:
         raise ConfigError(
             f"--base {config.base} cannot run under --protocol {protocol}",
@@ -322,7 +320,7 @@ def run_job(
         with dist.main_first():  # rank 0 builds the decoded-image cache, the other ranks then read it
             data = prepare_job_data(dataset, target, plan.protocol, config.image_size, config.cache_dir, config.shots, seed, not config.quiet and dist.is_main, config.cache)
         num_sources = len(data.sources)
-        network = create_network(config.backbone, len(dataset.classes), config.weights, float(plan.hparams.get("dropout", 0.0)), config.channels_last)
+        network = create_network(config.backbone, len(dataset.classes), config.weights, float(plan.hparams["dropout"]), config.channels_last)
         freeze_early_levels(network.featurizer.body, int(plan.hparams["freeze_levels"]))
         probe_acc = None
         if plan.hparams["head_init"] == "probe":
@@ -342,7 +340,7 @@ def run_job(
         child.log_params(missing_params(existing, flat_params(config, plan.hparams, target=target, seed=seed, protocol=plan.protocol, split_kind=dataset.split_kind, world_size=dist.world_size, **device_params(device))))
         if data.shot_files:
             child.log_text("\n".join(data.shot_files), "ssda_labelled_shots.txt")
-        batches = BatchSource(data, config.batch_size, seed, augment=plan.hparams.get("augment", "standard") != "none", dist=dist, train_size=config.effective_train_size, device=device)
+        batches = BatchSource(data, config.batch_size, seed, augment=plan.hparams["augment"] != "none", dist=dist, train_size=config.effective_train_size, device=device)
         trainer = Trainer(
             learner, stepper, data, batches, total_calls(stepper), config.eval_every, config.precision,
             on_metrics=child.log_metrics, progress=not config.quiet and dist.is_main,
@@ -473,7 +471,7 @@ def _log_artifacts(child, config, plan, learner, data, outcome, target, seed, pe
         "base": config.base,
         "meta_mode": config.meta,
         "protocol": plan.protocol,
-        "dropout": float(plan.hparams.get("dropout", 0.0)),
+        "dropout": float(plan.hparams["dropout"]),
         "hparams": dict(plan.hparams),
     }
     model_path = save_network(out / "network.pt", network, meta)
