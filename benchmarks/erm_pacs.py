@@ -34,8 +34,8 @@ def main() -> None:
     parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args()
 
-    from dgmeta.config import RunConfig
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.config import RunConfig
+    from dgmeta.runs.experiment import run_experiment
 
     config = RunConfig(
         dataset="pacs", data_root=args.data_root, base=args.base, meta=args.meta, protocol=args.protocol,

@@ -48,12 +48,12 @@ def main() -> None:
 
     import mlflow
 
-    from dgmeta.config import RunConfig
+    from dgmeta.runs.config import RunConfig
     from dgmeta.data import create_dataset, labels_of, load_images
     from dgmeta.evaluation.fewshot import log_fewshot, run_fewshot
     from dgmeta.evaluation.fewshot.sampler import parse_ways
     from dgmeta.models.checkpoint import load_network
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.experiment import run_experiment
 
     dataset = create_dataset("pacs", args.data_root)
     samples = dataset.samples(args.domain, "test")

@@ -45,7 +45,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def train_one(base: str, meta: str, args, data_root: Path, weights: Path) -> dict:
-    from dgmeta.config import RunConfig
+    from dgmeta.runs.config import RunConfig
     from dgmeta.device import configure_device, grad_scaler, resolve_device
     from dgmeta.learners import LearnerContext, create_learner
     from dgmeta.meta import total_calls
@@ -53,7 +53,9 @@ def train_one(base: str, meta: str, args, data_root: Path, weights: Path) -> dic
     from dgmeta.models.freezing import freeze_early_levels
     from dgmeta.training.averaging import create_averager
     from dgmeta.training.data import prepare_job_data
-    from dgmeta.training.experiment import make_stepper, resolve_plan, seed_everything
+    from dgmeta.meta import create_stepper
+    from dgmeta.runs.job import seed_everything
+    from dgmeta.runs.plan import resolve_plan
     from dgmeta.training.trainer import BatchSource, Trainer
 
     config = RunConfig(
@@ -72,7 +74,7 @@ def train_one(base: str, meta: str, args, data_root: Path, weights: Path) -> dic
     freeze_early_levels(network.featurizer.body, int(plan.hparams["freeze_levels"]))
     context = LearnerContext(len(plan.dataset.classes), len(data.sources), plan.protocol, config.steps)
     learner = create_learner(base, network, context, plan.hparams).to(device)
-    stepper = make_stepper(meta, learner, plan.hparams, config.steps, len(data.sources), 0)
+    stepper = create_stepper(meta, learner, plan.hparams, config.steps, len(data.sources), 0)
     stepper.scaler = grad_scaler(config.precision, device)
     batches = BatchSource(data, config.batch_size, 0, augment=plan.hparams.get("augment", "standard") != "none", train_size=config.effective_train_size, device=device)
     trainer = Trainer(

@@ -45,7 +45,8 @@ def main() -> None:
     from dgmeta.hparams import default_hparams
     from dgmeta.learners import Batch, LearnerContext, create_learner
     from dgmeta.models import create_network
-    from dgmeta.training.experiment import make_stepper, seed_everything
+    from dgmeta.meta import create_stepper
+    from dgmeta.runs.job import seed_everything
 
     seed_everything(0)
     dataset = create_dataset("pacs", args.data_root)
@@ -64,7 +65,7 @@ def main() -> None:
     hparams = default_hparams(args.base, "init")
     network = create_network(args.backbone, len(dataset.classes), weights="imagenet")
     learner = create_learner(args.base, network, LearnerContext(len(dataset.classes), len(sources), args.protocol, 1000), hparams)
-    stepper = make_stepper("init", learner, hparams, 1000, len(sources), 0)
+    stepper = create_stepper("init", learner, hparams, 1000, len(sources), 0)
     learner.train()
     first_stage = learner.stage_parameter_names(stepper.stages[0])
     params = dict(learner.named_parameters())

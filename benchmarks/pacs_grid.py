@@ -54,8 +54,8 @@ def main() -> None:
                         help="an earlier grid's JSON whose meta=none rows serve as the paired reference")
     args = parser.parse_args()
 
-    from dgmeta.config import RunConfig
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.config import RunConfig
+    from dgmeta.runs.experiment import run_experiment
 
     targets = args.targets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -35,7 +35,7 @@ def main() -> None:
     from dgmeta.hparams import default_hparams
     from dgmeta.learners import Batch, LearnerContext, create_learner
     from dgmeta.models import create_network
-    from dgmeta.training.experiment import make_stepper
+    from dgmeta.meta import create_stepper
 
     torch.manual_seed(0)
     s = args.image_size
@@ -59,7 +59,7 @@ def main() -> None:
     hp["lr"] = 0.001
     network = create_network(args.backbone, args.classes, weights="none")
     learner = create_learner(args.base, network, LearnerContext(args.classes, 3, protocol, 1000), hp)
-    stepper = make_stepper(args.meta, learner, hp, 1000, 3, 0)
+    stepper = create_stepper(args.meta, learner, hp, 1000, 3, 0)
 
     images = np.random.randint(0, 255, (512, 3, s, s), dtype=np.uint8)
     labels = np.random.randint(0, args.classes, 512)

@@ -35,10 +35,12 @@ import sys
 import time
 from pathlib import Path
 
-# dgmeta before torch: it sets OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise, and
-# OpenMP reads it once, when torch loads it -- so this measures what `dgmeta run` gets
-# (OMP_WAIT_POLICY=ACTIVE python benchmarks/step_throughput.py measures spinning threads instead)
-import dgmeta  # noqa: E402,F401
+# the entry point's tuning before torch: OMP_WAIT_POLICY=PASSIVE unless the environment says
+# otherwise, and OpenMP reads it once, when torch loads it -- so this measures what `dgmeta run`
+# gets (OMP_WAIT_POLICY=ACTIVE python benchmarks/step_throughput.py measures spinning threads instead)
+from dgmeta.process import tune_process  # noqa: E402
+
+tune_process(sys.argv[1:])
 
 OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 
@@ -91,7 +93,7 @@ def build_step(name: str, args, batch, sources_uint8):
     from dgmeta.hparams import apply_overrides, default_hparams
     from dgmeta.learners import Batch, LearnerContext, create_learner
     from dgmeta.models import create_network
-    from dgmeta.training.experiment import make_stepper
+    from dgmeta.meta import create_stepper
 
     base, meta, overrides, variant = CONFIGS[name]
     protocol = "msda" if base in ("dann", "mcd") else "dg"
@@ -100,7 +102,7 @@ def build_step(name: str, args, batch, sources_uint8):
     learner = create_learner(base, network, LearnerContext(args.classes, 3, protocol, 10_000), hparams)
     if variant == "compile":
         learner.featurizer.compile()  # in place: parameter names (checkpoints) unchanged
-    stepper = make_stepper(meta, learner, hparams, 10_000, 3, 0)
+    stepper = create_stepper(meta, learner, hparams, 10_000, 3, 0)
     step_batch = batch if protocol == "msda" else Batch(batch.x, batch.y, batch.domain, None)
     precision = "bf16" if variant == "bf16" else "fp32"
     generator = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ milliseconds. Its accuracy is a fixed function of the config, so tests know what
     test_acc = 0.50 + 10 * lr + TARGET_BONUS[target] + 0.01 * seed     (lr default 0.01)
 
 A target named ``broken``, or ``lr >= 0.5``, fails the run (status FAILED) with a TrainingError.
-The result classes mirror ``dgmeta.training.experiment``'s without importing torch, so spawned
+The result classes mirror ``dgmeta.runs.experiment``'s without importing torch, so spawned
 sweep workers start fast.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from dgmeta.config import RunConfig
+from dgmeta.runs.config import RunConfig
 from dgmeta.errors import TrainingError
 from dgmeta.learners.registry import learner_class
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dgmeta.config import RunConfig
+from dgmeta.runs.config import RunConfig
 from dgmeta.errors import ConfigError
 from dgmeta.training.allocator import configure_allocator
 

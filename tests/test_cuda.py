@@ -31,7 +31,8 @@ from dgmeta.meta.episodes import split_batch
 from dgmeta.meta.gradient import meta_gradient
 from dgmeta.models import create_network
 from dgmeta.training.data import DomainArrays, JobData
-from dgmeta.training.experiment import make_stepper, seed_everything
+from dgmeta.meta import create_stepper
+from dgmeta.runs.job import seed_everything
 from dgmeta.training.stepper import StageStepper
 from dgmeta.training.trainer import BatchSource, Trainer
 
@@ -227,7 +228,7 @@ def make_trainer(base: str, meta: str, steps: int, precision: str = "fp32", **op
     hparams = apply_overrides(default_hparams(base, meta), {"dropout": 0.2})  # dropout: the device's RNG matters
     network = create_network("test_resnet", 2, "none", dropout=0.2)
     learner = create_learner(base, network, LearnerContext(2, 2, "msda", steps), hparams).to(DEVICE)
-    stepper = make_stepper(meta, learner, hparams, steps, 2, 0)
+    stepper = create_stepper(meta, learner, hparams, steps, 2, 0)
     stepper.scaler = grad_scaler(precision, DEVICE)
     batches = BatchSource(data, 4, 0, augment=True, device=DEVICE)
     return Trainer(learner, stepper, data, batches, steps, eval_every=3, progress=False, precision=precision, **options)
@@ -315,8 +316,8 @@ def test_a_tiny_run_on_cuda_records_its_device(tmp_path):
     pytest.importorskip("pydantic")
     from mlflow.tracking import MlflowClient
 
-    from dgmeta.config import RunConfig
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.config import RunConfig
+    from dgmeta.runs.experiment import run_experiment
     from tests.helpers import make_folder_dataset
 
     data = make_folder_dataset(tmp_path / "toy", per_class=6, size=24)

@@ -80,7 +80,8 @@ def _train(case, ctx: DistContext, batch_size: int):
     from dgmeta.hparams import apply_overrides, default_hparams
     from dgmeta.learners import LearnerContext, create_learner
     from dgmeta.models import create_network
-    from dgmeta.training.experiment import make_stepper, seed_everything
+    from dgmeta.meta import create_stepper
+    from dgmeta.runs.job import seed_everything
     from dgmeta.training.trainer import BatchSource, Trainer
 
     name, base, meta, protocol, overrides, _ = case
@@ -90,7 +91,7 @@ def _train(case, ctx: DistContext, batch_size: int):
     # GroupNorm normalises each sample alone, so a sharded batch gives the same gradient
     network = create_network("test_efficientnet_gn", 2, "none")
     learner = create_learner(base, network, LearnerContext(2, 3, protocol, STEPS), hparams)
-    stepper = make_stepper(meta, learner, hparams, STEPS, 3, 0)
+    stepper = create_stepper(meta, learner, hparams, STEPS, 3, 0)
     ctx.attach(stepper)
     batches = BatchSource(data, batch_size, seed=0, augment=False, dist=ctx)
     calls = int(getattr(stepper, "total_calls", STEPS))
@@ -179,7 +180,7 @@ def _initial_learner(case):
     from dgmeta.hparams import apply_overrides, default_hparams
     from dgmeta.learners import LearnerContext, create_learner
     from dgmeta.models import create_network
-    from dgmeta.training.experiment import seed_everything
+    from dgmeta.runs.job import seed_everything
 
     _, base, meta, protocol, overrides, _ = case
     seed_everything(0)

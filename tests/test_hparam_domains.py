@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dgmeta.config import RunConfig
+from dgmeta.runs.config import RunConfig
 from dgmeta.errors import ConfigError
 from dgmeta.hparams import apply_overrides, default_hparams, hparam_table, random_hparams
 from dgmeta.learners.registry import learner_names

@@ -68,8 +68,8 @@ def read_rows(path: Path) -> list[dict]:
 
 def run_one(args) -> None:
     """Child process: one job; prints its result as the last JSON line."""
-    from dgmeta.config import RunConfig
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.config import RunConfig
+    from dgmeta.runs.experiment import run_experiment
 
     recipe = json.loads(json.dumps(RECIPES[args.recipe]))
     hparams = recipe.pop("hparams", {})

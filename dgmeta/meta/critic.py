@@ -38,9 +38,8 @@ Cost per step, on top of the base step: the first-stage objective's forward/back
 meta-train half, the critic term's featurizer forward/backward on it (with a graph), the meta-test
 forward at theta_old (no graph) and at theta_new with the backward into omega (a double backward
 through the featurizer, built with :mod:`dgmeta.meta.double_backward`), and the featurizer
-forward/backward of the model's critic term on the full batch. Measured (ERM, tf_efficientnet_lite0,
-128 px, 96 images; ``benchmarks/step_throughput.py``): 3.24x the base step (6.7x with PyTorch's own
-double backward).
+forward/backward of the model's critic term on the full batch. Measured step times:
+benchmarks/README.md, "Step throughput".
 """
 
 from __future__ import annotations

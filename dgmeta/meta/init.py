@@ -40,10 +40,7 @@ of the base pass can be reused, because the inner objective differs from the bas
 domains, the held-out source as the unlabelled target). Second order adds the backward through the
 inner backward (double backward, Hessian-vector products), built with
 :mod:`dgmeta.meta.double_backward` so that depthwise and 1x1 convolutions and batch norm
-differentiate cheaply. Measured (ERM, tf_efficientnet_lite0, 128 px, 96 images,
-``meta_batch_fraction`` 0.5; ``benchmarks/step_throughput.py``, 10 rounds): first order 1.59x the
-base step, second order 2.25x (the meta-gradient alone is 2.9x faster than with PyTorch's own
-double backward, ``benchmarks/double_backward_profile.py``).
+differentiate cheaply. Measured step times: benchmarks/README.md, "Step throughput".
 """
 
 from __future__ import annotations

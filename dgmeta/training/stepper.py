@@ -4,8 +4,8 @@ One optimizer per module (the featurizer at ``lr``; each head trained from scrat
 ``lr * head_lr_mult``), shared by every stage that trains that module: MCD's official code keeps
 one optimizer per network (G, F1, F2) that all its steps use. Under Adam this matters: with an
 optimizer of its own, MCD's discrepancy stage would take full-size normalised steps on a gradient
-far smaller than the classification one (measured: pacs-mini sketch at 10 steps fell to 15%,
-chance 14%, against ERM's 44%); sharing the moments scales it by the classification gradients.
+far smaller than the classification one (it fell to chance: README.md, the MCD fix); sharing the
+moments scales it by the classification gradients.
 Subclasses (the meta wrappers in ``dgmeta.meta``) add gradients through
 :meth:`StageStepper.add_gradients` without the learner knowing.
 """
