@@ -25,6 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from dgmeta.process import tune_process
+
+# an entry point: passive OpenMP waiting before anything loads torch (benchmarks/README.md, "Shared CPUs")
+tune_process(sys.argv[1:])
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 

@@ -178,7 +178,7 @@ class ProtoMAML(FewShotMethod):
     (:func:`adapt.descending_sgd`). Without that check, a DANN + meta-init model (PACS, 96 px, 80
     steps) adapted at its ``inner_lr`` 0.01 ended far *below* the nearest-prototype classifier it
     starts from, on sketch: 5-shot 33.7% against 57.1% for the prototype method
-    (``benchmarks/results/fewshot_sketch_96px_unguarded.md``).
+    (``benchmarks/results/accuracy/fewshot_pacs_sketch_96px_unguarded.md``).
     """
 
     name = "maml"

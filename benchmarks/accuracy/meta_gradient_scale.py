@@ -8,8 +8,8 @@ meta-test images at the same point (no inner step): if the last one is about as 
 meta-gradient, the meta-gradient's size is small-batch noise rather than signal. Also the cosine
 between each and the base gradient. Means over ``--batches`` batches.
 
-    python benchmarks/meta_gradient_scale.py --target art_painting --base dann --batches 8 \
-        --out benchmarks/results/meta_gradient_scale_dann_art.json
+    python benchmarks/accuracy/meta_gradient_scale.py --target art_painting --base dann --batches 8 \
+        --out benchmarks/results/accuracy/meta_gradient_scale_dann_art.json
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "accuracy"
 
 
 def main() -> None:
@@ -36,8 +38,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--fractions", default="0.5,1.0", help="meta_batch_fraction values")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
-    parser.add_argument("--data-root", default=str(HERE.parents[1] / "shared" / "data"))
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "meta_gradient_scale.json")
+    parser.add_argument("--data-root", default=str(HERE.parents[2] / "shared" / "data"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "meta_gradient_scale.json")
     args = parser.parse_args()
 
     from dgmeta.data import InfiniteBatches, create_dataset, labels_of, load_images

@@ -14,12 +14,12 @@ minutes) compiles the featurizer with ``torch.compile``, compile time excluded (
 ``...@pytorch-double-backward`` (only when asked for) runs a meta mode without
 ``dgmeta.meta.double_backward``, i.e. on PyTorch's own second derivatives, for a before/after.
 
-    python benchmarks/step_throughput.py                 # tf_efficientnet_lite0, 128 px, batch 96
-    python benchmarks/step_throughput.py --quick         # 64 px, batch 24, 3 rounds: a smoke run
-    python benchmarks/step_throughput.py --configs erm,erm@compile --rounds 8
-    python benchmarks/step_throughput.py --configs dann,dann+init,dann+critic,mcd,mcd+init,mcd+critic,jigen,jigen+init,jigen+critic
-    python benchmarks/step_throughput.py --configs "dann,dann+init order 2,mcd,mcd+init order 2,jigen,jigen+init order 2"
-    python benchmarks/step_throughput.py --configs "erm,init order 2,init order 2@pytorch-double-backward,critic,critic@pytorch-double-backward"
+    python benchmarks/speed/step_throughput.py                 # tf_efficientnet_lite0, 128 px, batch 96
+    python benchmarks/speed/step_throughput.py --quick         # 64 px, batch 24, 3 rounds: a smoke run
+    python benchmarks/speed/step_throughput.py --configs erm,erm@compile --rounds 8
+    python benchmarks/speed/step_throughput.py --configs dann,dann+init,dann+critic,mcd,mcd+init,mcd+critic,jigen,jigen+init,jigen+critic
+    python benchmarks/speed/step_throughput.py --configs "dann,dann+init order 2,mcd,mcd+init order 2,jigen,jigen+init order 2"
+    python benchmarks/speed/step_throughput.py --configs "erm,init order 2,init order 2@pytorch-double-backward,critic,critic@pytorch-double-backward"
 
 Writes benchmarks/results/step_throughput[_quick].json and prints it.
 """
@@ -37,7 +37,7 @@ from pathlib import Path
 
 # the entry point's tuning before torch: OMP_WAIT_POLICY=PASSIVE unless the environment says
 # otherwise, and OpenMP reads it once, when torch loads it -- so this measures what `dgmeta run`
-# gets (OMP_WAIT_POLICY=ACTIVE python benchmarks/step_throughput.py measures spinning threads instead)
+# gets (OMP_WAIT_POLICY=ACTIVE python benchmarks/speed/step_throughput.py measures spinning threads instead)
 from dgmeta.process import tune_process  # noqa: E402
 
 tune_process(sys.argv[1:])
@@ -49,6 +49,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "speed"
 #: name -> (base, meta, hparam overrides, variant)
 CONFIGS = {
     "erm": ("erm", "none", {}, ""),
@@ -240,7 +242,7 @@ def main() -> None:
         "seconds_per_step_all": {k: [round(t, 3) for t in v] for k, v in timings.items()},
         "warmup_seconds": warmup_seconds,
     }
-    out = args.out or HERE / "results" / f"step_throughput{'_quick' if args.quick else ''}.json"
+    out = args.out or RESULTS / f"step_throughput{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
