@@ -12,13 +12,14 @@ Schedules (hparam ``meta_schedule``):
   episodes (every held-out split under ``meta_splits=all``, see :mod:`dgmeta.meta.stepper`), added
   to the first stage's gradient before its optimizer step (so momentum, weight decay, the lr
   schedule and gradient clipping of the base optimizer apply to the sum).
-* ``offline``: the first ``offline_meta_steps`` calls of :meth:`step` are pure meta-updates of
-  the initialisation, ``theta <- theta - meta_lr * meta-gradient`` (plain SGD, its own optimizer,
+* ``offline``: the first ``offline_meta_steps`` calls of the episodic stepper's ``step``
+  (:class:`~dgmeta.meta.stepper.EpisodicStepper`) are this term's pure meta-updates of the initialisation, ``theta <- theta - meta_lr * meta-gradient`` (plain SGD, its own optimizer,
   learner objectives evaluated at progress 0, the point the initialisation is used from); after
-  them :meth:`step` is the ordinary base step. Step counting: ``--steps`` counts *base* steps, so
-  an offline run makes ``offline_meta_steps + steps`` calls in all (:attr:`total_calls`);
+  them ``step`` is the ordinary base step (with any online term, e.g. the critic's under
+  ``init+critic``). Step counting: ``--steps`` counts *base* steps, so an offline run makes
+  ``offline_meta_steps + steps`` calls in all (the stepper's ``total_calls``);
   ``step_count``/:meth:`progress` (learning-rate schedule, DANN's lambda(p)) count base steps
-  only and start at 0 after the meta phase. A loop that calls :meth:`step` only ``steps`` times
+  only and start at 0 after the meta phase. A loop that calls ``step`` only ``steps`` times
   still works but trains the base learner for ``steps - offline_meta_steps`` steps.
 
 Inner step (hparams ``inner_lr``, ``inner_update``): each parameter steps ``inner_lr`` x its
