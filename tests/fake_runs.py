@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from dgmeta.runs.config import RunConfig
 from dgmeta.errors import TrainingError
 from dgmeta.learners.registry import learner_class
+from dgmeta.runs.config import RunConfig
 
 TARGET_BONUS = {"d0": 0.0, "d1": 0.05, "d2": 0.10, "photo": 0.2, "sketch": 0.0}
 FINGERPRINT_ENV = "FAKE_DATA_VERSION"

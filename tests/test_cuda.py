@@ -30,9 +30,8 @@ from dgmeta.meta import create_stepper
 from dgmeta.meta.episodes import split_batch
 from dgmeta.meta.gradient import meta_gradient
 from dgmeta.models import create_network
-from dgmeta.training.data import DomainArrays, JobData
-from dgmeta.meta import create_stepper
 from dgmeta.runs.job import seed_everything
+from dgmeta.training.data import DomainArrays, JobData
 from dgmeta.training.stepper import StageStepper
 from dgmeta.training.trainer import BatchSource, Trainer
 

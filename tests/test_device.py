@@ -18,8 +18,8 @@ from torch import nn
 
 from dgmeta import device as dev
 from dgmeta.cli.main import main
-from dgmeta.runs.config import RunConfig
 from dgmeta.errors import ConfigError
+from dgmeta.runs.config import RunConfig
 from tests.helpers import make_folder_dataset
 
 

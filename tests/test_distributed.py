@@ -79,8 +79,8 @@ def _train(case, ctx: DistContext, batch_size: int):
     """Train one case; returns (learner, stepper, trainer)."""
     from dgmeta.hparams import apply_overrides, default_hparams
     from dgmeta.learners import LearnerContext, create_learner
-    from dgmeta.models import create_network
     from dgmeta.meta import create_stepper
+    from dgmeta.models import create_network
     from dgmeta.runs.job import seed_everything
     from dgmeta.training.trainer import BatchSource, Trainer
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from dgmeta.runs.config import RunConfig
 from dgmeta.errors import ConfigError
 from dgmeta.hparams import apply_overrides, default_hparams, hparam_table, random_hparams
 from dgmeta.learners.registry import learner_names
 from dgmeta.resources import check_step_memory, step_input_bytes
+from dgmeta.runs.config import RunConfig
 from tests.helpers import meta_modes
 
 BASES = learner_names()

@@ -19,12 +19,12 @@ from mlflow.tracking import MlflowClient
 from dgmeta.errors import WeightsError
 from dgmeta.hparams import apply_overrides, default_hparams
 from dgmeta.learners import LearnerContext, create_learner
-from dgmeta.models import create_network
-from dgmeta.training.data import DomainArrays, JobData
 from dgmeta.meta import create_stepper
+from dgmeta.models import create_network
 from dgmeta.runs.job import seed_everything
-from dgmeta.training.trainer import BatchSource, Trainer
 from dgmeta.training.checkpointing import JobCheckpoint, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from dgmeta.training.data import DomainArrays, JobData
+from dgmeta.training.trainer import BatchSource, Trainer
 from tests.helpers import make_folder_dataset
 
 STEPS = 30

@@ -11,11 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dgmeta.cli.main import main
-from dgmeta.runs.config import RunConfig
 from dgmeta.errors import TrackingError
 from dgmeta.locks import LockHeldError, lock_path_for, pipeline_lock
 from dgmeta.orchestration.promotion import decide
 from dgmeta.orchestration.retrain import retrain
+from dgmeta.runs.config import RunConfig
 from dgmeta.tracking import model_registry as registry
 from dgmeta.tracking.compare import RunRecord
 from dgmeta.tracking.model_registry import Evaluation

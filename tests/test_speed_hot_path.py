@@ -94,8 +94,8 @@ CASES = [
 def test_training_step(base, meta, protocol, overrides):
     from dgmeta.hparams import apply_overrides, default_hparams
     from dgmeta.learners import Batch, LearnerContext, create_learner
-    from dgmeta.models import create_network
     from dgmeta.meta import create_stepper
+    from dgmeta.models import create_network
 
     torch.manual_seed(0)
     hparams = apply_overrides(default_hparams(base, meta), overrides)

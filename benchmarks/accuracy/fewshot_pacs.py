@@ -56,11 +56,11 @@ def main() -> None:
 
     import mlflow
 
-    from dgmeta.runs.config import RunConfig
     from dgmeta.data import create_dataset, labels_of, load_images
     from dgmeta.evaluation.fewshot import log_fewshot, run_fewshot
     from dgmeta.evaluation.fewshot.sampler import parse_ways
     from dgmeta.models.checkpoint import load_network
+    from dgmeta.runs.config import RunConfig
     from dgmeta.runs.experiment import run_experiment
 
     dataset = create_dataset("pacs", args.data_root)

@@ -46,8 +46,8 @@ def main() -> None:
     from dgmeta.evaluation.accuracy import to_float_images
     from dgmeta.hparams import default_hparams
     from dgmeta.learners import Batch, LearnerContext, create_learner
-    from dgmeta.models import create_network
     from dgmeta.meta import create_stepper
+    from dgmeta.models import create_network
     from dgmeta.runs.job import seed_everything
 
     seed_everything(0)

@@ -45,17 +45,16 @@ def synchronize(device: torch.device) -> None:
 
 
 def train_one(base: str, meta: str, args, data_root: Path, weights: Path) -> dict:
-    from dgmeta.runs.config import RunConfig
     from dgmeta.device import configure_device, grad_scaler, resolve_device
     from dgmeta.learners import LearnerContext, create_learner
-    from dgmeta.meta import total_calls
+    from dgmeta.meta import create_stepper, total_calls
     from dgmeta.models import create_network
     from dgmeta.models.freezing import freeze_early_levels
-    from dgmeta.training.averaging import create_averager
-    from dgmeta.training.data import prepare_job_data
-    from dgmeta.meta import create_stepper
+    from dgmeta.runs.config import RunConfig
     from dgmeta.runs.job import seed_everything
     from dgmeta.runs.plan import resolve_plan
+    from dgmeta.training.averaging import create_averager
+    from dgmeta.training.data import prepare_job_data
     from dgmeta.training.trainer import BatchSource, Trainer
 
     config = RunConfig(

@@ -94,8 +94,8 @@ def build_step(name: str, args, batch, sources_uint8):
     from dgmeta.evaluation.accuracy import precision_context, to_float_images
     from dgmeta.hparams import apply_overrides, default_hparams
     from dgmeta.learners import Batch, LearnerContext, create_learner
-    from dgmeta.models import create_network
     from dgmeta.meta import create_stepper
+    from dgmeta.models import create_network
 
     base, meta, overrides, variant = CONFIGS[name]
     protocol = "msda" if base in ("dann", "mcd") else "dg"

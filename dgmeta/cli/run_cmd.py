@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dgmeta.runs.config import RunConfig, build_run_config
 from dgmeta.learners.registry import learner_class, learner_names
 from dgmeta.meta.registry import meta_help
+from dgmeta.runs.config import RunConfig, build_run_config
 
 
 def _protocol_help() -> str:
@@ -55,8 +55,8 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Train and evaluate leave-one-domain-out, every run tracked in MLflow."""
-    from dgmeta.runs.plan import resolve_plan
     from dgmeta.runs.experiment import run_experiment
+    from dgmeta.runs.plan import resolve_plan
 
     options = {
         "dataset": dataset, "base": base, "meta": meta, "protocol": protocol,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from dgmeta.runs.config import RunConfig
 from dgmeta.errors import ConfigError
 from dgmeta.orchestration.spec import STAGES
+from dgmeta.runs.config import RunConfig
 
 if TYPE_CHECKING:
     from dgmeta.orchestration.spec import PipelineSpec

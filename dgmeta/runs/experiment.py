@@ -39,11 +39,11 @@ class ExperimentResult:
 def run_experiment(config: RunConfig, plan: ResolvedPlan | None = None) -> ExperimentResult:
     from contextlib import ExitStack
 
+    from dgmeta.runs.resume import find_resume_point, missing_params, reopen
     from dgmeta.tracking.mlflow_run import Tracking
     from dgmeta.training.allocator import configure_allocator
     from dgmeta.training.checkpointing import RunFolder, ensure_writable_folder, runs_root
     from dgmeta.training.distributed import setup
-    from dgmeta.runs.resume import find_resume_point, missing_params, reopen
     from dgmeta.training.signals import RunInterrupted, StopRequests, stop_signals
 
     from dgmeta.device import resolve_device

@@ -27,14 +27,14 @@ def run_job(
     """Train and evaluate one (target, seed); ``folder`` (a ``RunFolder``) enables checkpoints,
     ``existing`` (the job's child run of a resumed command) continues that run."""
     from dgmeta.learners import LearnerContext, create_learner
+    from dgmeta.meta import create_stepper, total_calls
     from dgmeta.models import create_network
+    from dgmeta.models.freezing import freeze_early_levels
+    from dgmeta.runs.resume import missing_params, reopen
+    from dgmeta.training.averaging import create_averager
     from dgmeta.training.data import prepare_job_data
     from dgmeta.training.distributed import current
-    from dgmeta.runs.resume import missing_params, reopen
     from dgmeta.training.signals import RunInterrupted
-    from dgmeta.meta import create_stepper, total_calls
-    from dgmeta.models.freezing import freeze_early_levels
-    from dgmeta.training.averaging import create_averager
     from dgmeta.training.trainer import BatchSource, Trainer
 
     if existing is not None and existing.info.status == "FINISHED":
