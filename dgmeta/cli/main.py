@@ -10,10 +10,14 @@ import importlib
 import os
 import sys
 
-import typer
+from dgmeta.process import tune_process
 
-from dgmeta.cli.environment import environment_errors
-from dgmeta.errors import DgmetaError
+tune_process(sys.argv[1:])  # the command is the entry point: before any import loads torch
+
+import typer  # noqa: E402
+
+from dgmeta.cli.environment import environment_errors  # noqa: E402
+from dgmeta.errors import DgmetaError  # noqa: E402
 
 app = typer.Typer(
     name="dgmeta",

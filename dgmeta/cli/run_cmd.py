@@ -9,14 +9,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dgmeta.config import RunConfig
+from dgmeta.learners.registry import learner_class, learner_names
+from dgmeta.meta.registry import meta_help
+from dgmeta.runs.config import RunConfig, build_run_config
+
+
+def _protocol_help() -> str:
+    own = [f"{name} {learner_class(name).default_protocol}" for name in learner_names() if learner_class(name).default_protocol != "dg"]
+    return "dg | msda | ssda (default: the learner's own: " + ", ".join(own + ["dg otherwise"]) + ")"
 
 
 def run(
     dataset: Optional[str] = typer.Argument(None, help="pacs | office_home | domainnet | pacs-mini | folder:PATH"),
-    base: Optional[str] = typer.Option(None, "--base", help="erm | dann | mcd | jigen"),
-    meta: Optional[str] = typer.Option(None, "--meta", help="none | init | critic | init+critic"),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="dg | msda | ssda (default: msda for dann/mcd, dg otherwise)"),
+    base: Optional[str] = typer.Option(None, "--base", help=" | ".join(learner_names())),
+    meta: Optional[str] = typer.Option(None, "--meta", help=meta_help()),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help=_protocol_help()),
     target: Optional[List[str]] = typer.Option(None, "--target", help="target domain(s); default: each domain in turn"),
     steps: Optional[int] = typer.Option(None, "--steps", help="training steps per (target, seed) [300]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="images per source domain per step [32]"),
@@ -48,7 +55,8 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Train and evaluate leave-one-domain-out, every run tracked in MLflow."""
-    from dgmeta.training.experiment import resolve_plan, run_experiment
+    from dgmeta.runs.experiment import run_experiment
+    from dgmeta.runs.plan import resolve_plan
 
     options = {
         "dataset": dataset, "base": base, "meta": meta, "protocol": protocol,
@@ -87,9 +95,7 @@ def run(
             from dgmeta.errors import ConfigError
 
             raise ConfigError("no DATASET given", "run e.g. `dgmeta run pacs --base erm`, or pass --config pipelines/X.yaml")
-        run_config = RunConfig(**given)
-        if set_:
-            run_config.hparams = _parse_sets(set_)
+        run_config = build_run_config(None, given, list(set_ or []))
         if fewshot:
             run_config.fewshot = {"ways": "all", "shots": [1, 5], "episodes": 600, "methods": ["prototype", "linear"]}
         plan = resolve_plan(run_config)
@@ -108,20 +114,8 @@ def run(
         print_results(result)
 
 
-def _parse_sets(items: list[str]) -> dict[str, str]:
-    from dgmeta.errors import ConfigError
-
-    out = {}
-    for text in items:
-        if "=" not in text:
-            raise ConfigError(f"--set {text!r} is not key=value", "write e.g. --set lr=0.005")
-        key, value = text.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _fewshot_stage(config: RunConfig, plan, result) -> None:
-    from dgmeta.evaluation.fewshot_stage import fewshot_stage
+    from dgmeta.runs.fewshot_stage import fewshot_stage
 
     fewshot_stage(config, plan, result)
 

@@ -16,10 +16,9 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
-from dgmeta.config import RunConfig
 from dgmeta.errors import ConfigError, DgmetaError
-from dgmeta.orchestration.spec import resolve_hparams
 from dgmeta.orchestration.stages import TrainFn, child_config_hash, default_train, finished_children
+from dgmeta.runs.config import RunConfig, resolve_hparams
 
 # Run options a grid may vary; the rest (experiment, store, targets, seeds, ...) define the sweep itself.
 GRID_FIELDS = ("dataset", "base", "meta", "protocol", "backbone", "weights", "steps", "batch_size", "image_size", "split", "shots", "eval_every", "precision")
