@@ -172,3 +172,19 @@ def test_sweep_prints_the_selected_results(tmp_path, store, capsys, monkeypatch)
     main(["sweep", str(spec), "--grid", "lr=0.01,0.02", "--seeds", "0,1", "--select", "oracle"])
     out = capsys.readouterr().out
     assert "nothing to run" in out and "selection: ORACLE" in out
+
+
+def test_run_summary_prints_the_sample_std_like_compare(capsys):
+    from types import SimpleNamespace
+
+    from dgmeta.cli.run_cmd import print_results
+
+    runs = [SimpleNamespace(target="sketch", seed=seed, test_acc=acc, val_acc=0.9, selected_step=2, images_per_second=10.0)
+            for seed, acc in ((0, 0.50), (1, 0.55))]
+    result = SimpleNamespace(config=SimpleNamespace(dataset="pacs-mini", base="erm", meta="none"), protocol="dg", runs=runs,
+                             parent_run_id="abc", mean_test_acc=lambda: 0.525)
+    print_results(result)
+    out = capsys.readouterr().out
+    cells = [cell.strip() for cell in out.split("│")]
+    assert "52.50" in cells and "3.54" in cells and "2.50" not in cells  # sample std of 50, 55; population: 2.50
+    assert "std (n-1)" in out and "sample standard deviation (n-1)" in out
