@@ -52,12 +52,12 @@ SELECTIONS = {
 }
 _SELECTION_ALIASES = {"val": "training-domain", "training_domain": "training-domain", "lodo": "leave-one-domain-out",
                       "loo": "leave-one-domain-out", "leave_one_domain_out": "leave-one-domain-out"}
-# Params that make two runs of a group different settings ("draws"); seed and target make trials and cells.
 LODO_CAVEAT = (
     "leave-one-domain-out scores a draw by its runs with each other domain held out; those runs trained on the "
     "target's labelled images (DomainBed trains a model without both), so this is weaker than DomainBed's protocol"
 )
-DRAW_PARAMS = ("dataset", "base", "meta", "protocol", "backbone", "steps", "batch_size", "image_size", "train_image_size", "weights", "split", "shots", "eval_every", "precision", "average")
+# Params that make two runs of a group different settings ("draws"); seed and target make trials and cells.
+DRAW_PARAMS = ("base", "meta", "protocol", "backbone", "steps", "batch_size", "image_size", "train_image_size", "weights", "split", "shots", "eval_every", "precision", "average")
 
 
 @dataclass
