@@ -147,6 +147,20 @@ def test_protocol_mismatch_is_explained(store, capsys):
     assert "pairs need the same protocol" in capsys.readouterr().out
 
 
+def test_a_group_mixing_protocols_says_so(store):
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.create_experiment("mixed")
+    for protocol, acc in (("dg", 0.5), ("msda", 0.6)):
+        run_id = log_child(client, experiment, "sketch", 0, acc, base="erm", protocol=protocol)
+        client.log_param(run_id, "protocol", protocol)
+        client.log_metric(run_id, "val_acc", acc)
+    comparison = compare(["mixed"], None, ("base",), None)
+    row = comparison.row(("erm",), "sketch")
+    assert row.draws == 2 and row.summary.mean == pytest.approx(60.0) and row.chosen == "protocol=msda (1 seed)"
+    assert any("erm mixes protocol=dg/msda" in n and "--group-by base,protocol" in n for n in comparison.notes)
+    assert not compare(["mixed"], None, ("base", "protocol"), None).notes
+
+
 def test_disjoint_seeds_are_explained(store):
     client = MlflowClient(tracking_uri=store)
     experiment = client.create_experiment("seeds")

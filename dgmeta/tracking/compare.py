@@ -287,6 +287,7 @@ def compare_runs(
             continue
         cells[group] = by_target
         labels = _draw_labels(list(found[group]))
+        _note_mixed_settings(group_by, group, list(found[group]), comparison.notes)
         for target in sorted(by_target):
             picks = [labels[draw] for draw in chosen[target].values()]
             rows_draws = len({d for d in found[group] if target in found[group][d]})
@@ -338,6 +339,20 @@ def _score(by_target: dict[str, dict[str, RunRecord]], target: str, seed: str, s
     if not held_out or any(r is None for r in held_out):
         return None
     return sum(r.test_acc for r in held_out) / len(held_out)
+
+
+# Run options that usually define what is compared rather than a hyperparameter to select.
+_GROUPING_OPTIONS = ("base", "meta", "protocol", "backbone")
+
+
+def _note_mixed_settings(group_by: tuple[str, ...], group: tuple[str, ...], draws: list[tuple], notes: list[str]) -> None:
+    for key in _GROUPING_OPTIONS:
+        values = sorted({dict(d).get(key) for d in draws} - {None})
+        if key not in group_by and len(values) > 1:
+            notes.append(
+                f"{'/'.join(group)} mixes {key}={'/'.join(values)}: the selection rule chose among them per (target, seed); "
+                f"group by {key} too (--group-by {','.join([*group_by, key])}) to report them apart"
+            )
 
 
 def _draw_labels(draws: list[tuple]) -> dict[tuple, str]:
