@@ -186,6 +186,8 @@ def test_sweep_prints_the_selected_results(tmp_path, store, capsys, monkeypatch)
     main(["sweep", str(spec), "--grid", "lr=0.01,0.02", "--seeds", "0,1", "--select", "oracle"])
     out = capsys.readouterr().out
     assert "nothing to run" in out and "selection: ORACLE" in out
+    main(["sweep", str(spec), "--grid", "lr=0.01,0.02", "--seeds", "0,1", "--target", "d0", "--select", "lodo"])
+    assert "sweep all targets" in capsys.readouterr().out  # one target has no held-out sources to score on
 
 
 def test_run_summary_prints_the_sample_std_like_compare(capsys):

@@ -114,9 +114,9 @@ def _print_selection(config, plan, select: str) -> None:
     from dgmeta.tracking.compare import print_table
 
     comparison = sweep_results(config, plan, select)
+    print_table(comparison)  # with no rows it still prints why (e.g. leave-one-domain-out over one target)
     if comparison.rows:
-        print_table(comparison)
-        typer.echo(f"other rules: dgmeta sweep ... --select training-domain | leave-one-domain-out | oracle (same runs, nothing retrained)")
+        typer.echo("other rules: the same command with --select training-domain | leave-one-domain-out | oracle (nothing is retrained)")
 
 
 def register(app: typer.Typer) -> None:

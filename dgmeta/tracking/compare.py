@@ -605,7 +605,7 @@ def print_table(comparison: Comparison, console=None) -> None:
         console.print(selection_line(comparison), soft_wrap=True)
         console.print(table)
     else:
-        console.print("no finished runs with test_acc")
+        console.print("no results: see the note(s) below" if comparison.notes else "no finished runs with test_acc")
     if comparison.selection == "leave-one-domain-out" and comparison.swept:
         console.print(f"note: {LODO_CAVEAT}", soft_wrap=True)
     for note in comparison.notes:
