@@ -37,6 +37,10 @@ def module_name(path: Path, root: Path = PACKAGE) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def is_unit(name: str, root: Path = PACKAGE) -> bool:
+    return name in LAYERS or (root / name).is_dir() or (root / f"{name}.py").exists()
+
+
 def imported_modules(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
     """(line, absolute dgmeta module) for every import in ``path``, relative ones resolved."""
     name = module_name(path, root)
@@ -51,8 +55,9 @@ def imported_modules(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
                 target = f"{base}.{node.module}" if node.module else base
             else:
                 target = node.module or ""
-            # `from dgmeta import locks` imports the unit `locks`, not the package
-            found += [(node.lineno, f"{target}.{alias.name}" if target == "dgmeta" else target) for alias in node.names]
+            # `from dgmeta import locks` imports the unit `locks`; `from dgmeta import __version__` the package
+            found += [(node.lineno, f"{target}.{alias.name}" if target == "dgmeta" and is_unit(alias.name, root) else target)
+                      for alias in node.names]
     return [(line, module) for line, module in found if module == "dgmeta" or module.startswith("dgmeta.")]
 
 
