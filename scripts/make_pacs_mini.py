@@ -1,6 +1,6 @@
-"""Build data/pacs-mini: a small, seeded, downscaled subset of PACS in the PACS layout.
+"""Build dgmeta/samples/pacs-mini (package data): a small, seeded, downscaled subset of PACS in the PACS layout.
 
-    python scripts/make_pacs_mini.py --source /work/shared/data --out data/pacs-mini
+    python scripts/make_pacs_mini.py --source /work/shared/data --out dgmeta/samples/pacs-mini
 
 For every domain and class it draws ``--train`` images from the official train list and ``--val``
 from the official crossval list (seeded, independent of file-system order), stores them as
@@ -29,7 +29,7 @@ MAX_BYTES = 5 * 1024 * 1024
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, type=Path, help="folder holding PACS/ and pacs_splits/ (the official lists)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/pacs-mini")
+    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. dgmeta/samples/pacs-mini")
     parser.add_argument("--train", type=int, default=12, help="images per domain and class from the official train list")
     parser.add_argument("--val", type=int, default=4, help="images per domain and class from the official crossval list")
     parser.add_argument("--size", type=int, default=96, help="side of the stored square JPEGs")

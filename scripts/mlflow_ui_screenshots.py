@@ -48,9 +48,9 @@ def train_and_register(home: Path, args) -> tuple[str, str, str]:
     """A tiny real `dgmeta run`; returns (experiment id, child run id, registered version)."""
     from mlflow.tracking import MlflowClient
 
-    from dgmeta.config import RunConfig
+    from dgmeta.runs.config import RunConfig
     from dgmeta.tracking.model_registry import register_run
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.experiment import run_experiment
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     config = RunConfig(

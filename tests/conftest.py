@@ -3,8 +3,11 @@ from pathlib import Path
 
 import pytest
 
-import dgmeta  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads OpenMP)
-import torch
+from dgmeta.process import tune_process
+
+tune_process([])  # the test suite is an entry point: passive OpenMP waiting, before torch loads it
+
+import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -8,7 +8,7 @@ milliseconds. Its accuracy is a fixed function of the config, so tests know what
     test_acc = 0.50 + 10 * lr + TARGET_BONUS[target] + 0.01 * seed     (lr default 0.01)
 
 A target named ``broken``, or ``lr >= 0.5``, fails the run (status FAILED) with a TrainingError.
-The result classes mirror ``dgmeta.training.experiment``'s without importing torch, so spawned
+The result classes mirror ``dgmeta.runs.experiment``'s without importing torch, so spawned
 sweep workers start fast.
 """
 
@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from dgmeta.config import RunConfig
 from dgmeta.errors import TrainingError
+from dgmeta.learners.registry import learner_class
+from dgmeta.runs.config import RunConfig
 
 TARGET_BONUS = {"d0": 0.0, "d1": 0.05, "d2": 0.10, "photo": 0.2, "sketch": 0.0}
 FINGERPRINT_ENV = "FAKE_DATA_VERSION"
 
 
-DEFAULT_PROTOCOL = {"dann": "msda", "mcd": "msda", "mme": "ssda"}  # as dgmeta.training.experiment
 
 
 @dataclass
@@ -67,7 +67,7 @@ def fake_fingerprint(config: RunConfig) -> str:
 def fake_train(config: RunConfig):
     from dgmeta.tracking.mlflow_run import Tracking
 
-    protocol = config.protocol or DEFAULT_PROTOCOL.get(config.base, "dg")
+    protocol = config.protocol or learner_class(config.base).default_protocol
     targets = config.targets or ["d0", "d1", "d2"]
     tracking = Tracking(config.tracking_uri, config.experiment)
     common = {

@@ -29,3 +29,20 @@ def make_folder_dataset(
                 img[lo:hi, lo:hi] = CLASS_COLOURS[c_index % len(CLASS_COLOURS)]
                 Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{domain}_{cls}_{i:03d}.png")
     return root
+
+
+def learner_protocols(exclude: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """``(learner, protocol)`` for every registered learner and each protocol it declares."""
+    from dgmeta.learners.registry import learner_class, learner_names
+
+    return [(name, protocol) for name in learner_names() if name not in exclude for protocol in learner_class(name).protocols]
+
+
+def meta_modes() -> list[str]:
+    """``none``, each registered meta term alone, and all of them composed."""
+    from dgmeta.meta.registry import meta_term_names
+
+    terms = meta_term_names()
+    # composed in the order the README's runs use (init before critic); others follow by name
+    ordered = sorted(terms, key=lambda name: (name != "init", name))
+    return ["none", *terms, "+".join(ordered)] if len(terms) > 1 else ["none", *terms]

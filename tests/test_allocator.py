@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from dgmeta.config import RunConfig
 from dgmeta.errors import ConfigError
+from dgmeta.runs.config import RunConfig
 from dgmeta.training.allocator import configure_allocator
 
 # A training step in miniature: allocate and touch activations of a few sizes, free them all,

@@ -30,6 +30,15 @@ TINY = ["--backbone", "test_resnet", "--weights", "none", "--image-size", "24", 
         "--steps", "2", "--eval-every", "2", "--quiet"]
 
 
+def registered(values: dict) -> list[str]:
+    """The registries' names, for messages that list them (a new learner or meta term is one file)."""
+    from dgmeta.learners.registry import learner_names
+    from dgmeta.meta.registry import meta_term_names
+
+    values.update(learners=", ".join(learner_names()), terms=", ".join(meta_term_names()))
+    return []
+
+
 @dataclass
 class Case:
     """One catalogue row. ``make(tmp, values)`` builds the fixture and returns the argv; it may add
@@ -223,10 +232,10 @@ CASES = [
          "error: unknown dataset 'pacs_v2' — did you mean 'pacs'? choose one of: domainnet, folder, office_home, pacs, pacs-mini"),
     Case("unknown backbone", lambda t, v: run_toy(t, "--backbone", "resnet_nope"),
          "error: unknown backbone 'resnet_nope' — give any timm model name (timm.list_models()), e.g. tf_efficientnet_lite0 or resnet18"),
-    Case("unknown base learner", lambda t, v: run_toy(t, "--base", "dan"),
-         "error: unknown --base 'dan' — did you mean 'dann'? choose one of: dann, erm, jigen, mcd, mme"),
-    Case("unknown meta mode", lambda t, v: run_toy(t, "--meta", "inits"),
-         "error: unknown --meta 'inits' — choose one of: none, init, critic, init+critic"),
+    Case("unknown base learner", lambda t, v: registered(v) + run_toy(t, "--base", "dan"),
+         "error: unknown --base 'dan' — did you mean 'dann'? choose one of: {learners}"),
+    Case("unknown meta mode", lambda t, v: registered(v) + run_toy(t, "--meta", "inits"),
+         "error: unknown --meta 'inits' — choose terms from: none, {terms}, joined by + (e.g. init+critic)"),
     Case("unknown protocol", lambda t, v: run_toy(t, "--protocol", "uda"),
          "error: unknown --protocol 'uda' — choose one of: dg, msda, ssda"),
     Case("unknown memory mode", lambda t, v: run_toy(t, "--memory", "max"),

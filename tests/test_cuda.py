@@ -25,20 +25,19 @@ import torch.nn.functional as F
 from dgmeta.device import autocast, grad_scaler
 from dgmeta.hparams import apply_overrides, default_hparams
 from dgmeta.learners import Batch, LearnerContext, create_learner
-from dgmeta.learners.registry import LEARNERS, _load_all
+from dgmeta.learners.registry import LEARNERS
 from dgmeta.meta import create_stepper
 from dgmeta.meta.episodes import split_batch
 from dgmeta.meta.gradient import meta_gradient
 from dgmeta.models import create_network
+from dgmeta.runs.job import seed_everything
 from dgmeta.training.data import DomainArrays, JobData
-from dgmeta.training.experiment import DEFAULT_PROTOCOL, make_stepper, seed_everything
 from dgmeta.training.stepper import StageStepper
 from dgmeta.training.trainer import BatchSource, Trainer
 
 pytestmark = pytest.mark.cuda
 DEVICE = torch.device(os.environ.get("DGMETA_CUDA_TEST_DEVICE", "cuda"))
 NUM_CLASSES, SOURCES, IMAGE = 3, 2, 32
-_load_all()
 #: learners whose objective draws random numbers on the device (JiGen's jigsaw): CPU and CUDA
 #: generators give other draws, so only finiteness and movement are compared
 RANDOM_OBJECTIVE = {"jigen"}
@@ -94,7 +93,7 @@ def assert_close_to_cpu(gpu_tensors, cpu_tensors, rtol=1e-4, atol=1e-5):
         torch.testing.assert_close(actual.detach().cpu(), expected.detach(), rtol=rtol, atol=atol, msg=f"{name} differs")
 
 
-LEARNER_CASES = [(name, DEFAULT_PROTOCOL.get(name, "dg")) for name in LEARNERS.names()]
+LEARNER_CASES = [(name, LEARNERS.get(name).default_protocol) for name in LEARNERS.names()]
 
 
 @pytest.mark.parametrize("name, protocol", LEARNER_CASES)
@@ -228,7 +227,7 @@ def make_trainer(base: str, meta: str, steps: int, precision: str = "fp32", **op
     hparams = apply_overrides(default_hparams(base, meta), {"dropout": 0.2})  # dropout: the device's RNG matters
     network = create_network("test_resnet", 2, "none", dropout=0.2)
     learner = create_learner(base, network, LearnerContext(2, 2, "msda", steps), hparams).to(DEVICE)
-    stepper = make_stepper(meta, learner, hparams, steps, 2, 0)
+    stepper = create_stepper(meta, learner, hparams, steps, 2, 0)
     stepper.scaler = grad_scaler(precision, DEVICE)
     batches = BatchSource(data, 4, 0, augment=True, device=DEVICE)
     return Trainer(learner, stepper, data, batches, steps, eval_every=3, progress=False, precision=precision, **options)
@@ -316,8 +315,8 @@ def test_a_tiny_run_on_cuda_records_its_device(tmp_path):
     pytest.importorskip("pydantic")
     from mlflow.tracking import MlflowClient
 
-    from dgmeta.config import RunConfig
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.config import RunConfig
+    from dgmeta.runs.experiment import run_experiment
     from tests.helpers import make_folder_dataset
 
     data = make_folder_dataset(tmp_path / "toy", per_class=6, size=24)

@@ -322,7 +322,7 @@ def test_make_pacs_mini_reproduces_the_shipped_sample(shared_data, tmp_path):
     from PIL import Image
 
     repo = Path(__file__).resolve().parents[1]
-    shipped = repo / "data" / "pacs-mini"
+    shipped = repo / "dgmeta" / "samples" / "pacs-mini"
     subprocess.run([sys.executable, str(repo / "scripts" / "make_pacs_mini.py"), "--source", str(shared_data), "--out", str(tmp_path / "mini")], check=True, capture_output=True)
     made = sorted(p.relative_to(tmp_path / "mini") for p in (tmp_path / "mini").rglob("*") if p.is_file())
     assert made == sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file())

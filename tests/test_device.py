@@ -7,6 +7,8 @@ the model. The real GPU runs are in tests/test_cuda.py (marker ``cuda``).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,11 +16,10 @@ import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-import dgmeta
 from dgmeta import device as dev
 from dgmeta.cli.main import main
-from dgmeta.config import RunConfig
 from dgmeta.errors import ConfigError
+from dgmeta.runs.config import RunConfig
 from tests.helpers import make_folder_dataset
 
 
@@ -188,7 +189,10 @@ def _stepper(scaler):
             return Objective(loss, {})
 
     learner = ERMish()
-    stepper = StageStepper(learner, {"lr": 0.1, "optimizer": "sgd", "momentum": 0.0}, 10)
+    from dgmeta.hparams import apply_overrides, default_hparams
+
+    plain_sgd = {"lr": 0.1, "optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "head_lr_mult": 1.0, "freeze_bn": False}
+    stepper = StageStepper(learner, apply_overrides(default_hparams("erm"), plain_sgd), 10)
     stepper.scaler = scaler
     return learner, stepper
 
@@ -287,16 +291,29 @@ def test_fast_double_backward_substitutes_cpu_tensors_only():
 
 # -- CPU-only measures, DDP backend, RNG ----------------------------------------------------------
 def test_omp_wait_policy_is_left_alone_for_runs_expected_on_cuda(monkeypatch):
-    monkeypatch.setattr(dgmeta._os.path, "exists", lambda path: False)
-    assert dgmeta._run_on_cuda_expected(["run", "pacs", "--device", "cuda"])
-    assert dgmeta._run_on_cuda_expected(["run", "pacs", "--device=cuda:1"])
-    assert not dgmeta._run_on_cuda_expected(["run", "pacs"])  # auto, no GPU here
-    monkeypatch.setattr(dgmeta._os.path, "exists", lambda path: path == "/dev/nvidia0")
+    from dgmeta import process
+
+    monkeypatch.setattr(process.os.path, "exists", lambda path: False)
+    assert process.run_on_cuda_expected(["run", "pacs", "--device", "cuda"])
+    assert process.run_on_cuda_expected(["run", "pacs", "--device=cuda:1"])
+    assert not process.run_on_cuda_expected(["run", "pacs"])  # auto, no GPU here
+    monkeypatch.setattr(process.os.path, "exists", lambda path: path == "/dev/nvidia0")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert dgmeta._run_on_cuda_expected(["run", "pacs"])
-    assert not dgmeta._run_on_cuda_expected(["run", "pacs", "--device", "cpu"])
+    assert process.run_on_cuda_expected(["run", "pacs"])
+    assert not process.run_on_cuda_expected(["run", "pacs", "--device", "cpu"])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert not dgmeta._run_on_cuda_expected(["run", "pacs"])
+    assert not process.run_on_cuda_expected(["run", "pacs"])
+
+
+def test_importing_dgmeta_leaves_the_process_alone():
+    """Tuning is the entry point's (dgmeta.cli.main, benchmarks, conftest), not the library's."""
+    import subprocess
+    import sys
+
+    code = "import os, dgmeta, dgmeta.runs.experiment; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "None"
 
 
 def test_ddp_backend_follows_the_device(monkeypatch):

@@ -79,8 +79,9 @@ def _train(case, ctx: DistContext, batch_size: int):
     """Train one case; returns (learner, stepper, trainer)."""
     from dgmeta.hparams import apply_overrides, default_hparams
     from dgmeta.learners import LearnerContext, create_learner
+    from dgmeta.meta import create_stepper
     from dgmeta.models import create_network
-    from dgmeta.training.experiment import make_stepper, seed_everything
+    from dgmeta.runs.job import seed_everything
     from dgmeta.training.trainer import BatchSource, Trainer
 
     name, base, meta, protocol, overrides, _ = case
@@ -90,7 +91,7 @@ def _train(case, ctx: DistContext, batch_size: int):
     # GroupNorm normalises each sample alone, so a sharded batch gives the same gradient
     network = create_network("test_efficientnet_gn", 2, "none")
     learner = create_learner(base, network, LearnerContext(2, 3, protocol, STEPS), hparams)
-    stepper = make_stepper(meta, learner, hparams, STEPS, 3, 0)
+    stepper = create_stepper(meta, learner, hparams, STEPS, 3, 0)
     ctx.attach(stepper)
     batches = BatchSource(data, batch_size, seed=0, augment=False, dist=ctx)
     calls = int(getattr(stepper, "total_calls", STEPS))
@@ -118,7 +119,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             full = evaluate(learner, data, "fp32")  # every image on this rank, after buffers were averaged
             results[case[0]] = {
                 "state": {k: v.detach().clone() for k, v in learner.state_dict().items()},
-                "critic": {k: v.clone() for k, v in stepper.critic.state_dict().items()} if hasattr(stepper, "critic") else {},
+                "critic": {k: v.clone() for t in getattr(stepper, "terms", []) if t.name == "critic" for k, v in t.critic.state_dict().items()},
                 "history": _history(trainer),
                 "sharded_eval": (sharded.val, sharded.test),
                 "full_eval": (full.val, full.test),
@@ -179,7 +180,7 @@ def _initial_learner(case):
     from dgmeta.hparams import apply_overrides, default_hparams
     from dgmeta.learners import LearnerContext, create_learner
     from dgmeta.models import create_network
-    from dgmeta.training.experiment import seed_everything
+    from dgmeta.runs.job import seed_everything
 
     _, base, meta, protocol, overrides, _ = case
     seed_everything(0)

@@ -5,25 +5,26 @@ from __future__ import annotations
 
 import pytest
 
-from dgmeta.config import RunConfig
 from dgmeta.errors import ConfigError
-from dgmeta.hparams import HParam, _table, apply_overrides, default_hparams, random_hparams
+from dgmeta.hparams import apply_overrides, default_hparams, hparam_table, random_hparams
+from dgmeta.learners.registry import learner_names
 from dgmeta.resources import check_step_memory, step_input_bytes
+from dgmeta.runs.config import RunConfig
+from tests.helpers import meta_modes
 
-BASES = ("erm", "dann", "mcd", "jigen")
-METAS = ("none", "init", "critic", "init+critic")
+BASES = learner_names()
+METAS = meta_modes()
 
 
 @pytest.mark.parametrize("base", BASES)
 @pytest.mark.parametrize("meta", METAS)
 def test_every_hyperparameter_declares_a_domain_that_holds_its_default_and_draws(base, meta):
-    for key, entry in _table(base, meta).items():
-        spec = HParam(*entry)
+    for key, spec in hparam_table(base, meta).items():
         assert spec.domain is not None, f"{key} has no declared domain"
         assert spec.domain.allows(spec.default), key
     for seed in range(20):
         for key, value in random_hparams(base, meta, seed).items():
-            assert HParam(*_table(base, meta)[key]).domain.allows(value), (key, value)
+            assert hparam_table(base, meta)[key].domain.allows(value), (key, value)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -13,6 +13,8 @@ from dgmeta.hparams import apply_overrides, default_hparams
 from dgmeta.learners import Batch, LearnerContext, create_learner
 from dgmeta.learners.jigsaw import shuffle_tiles
 from dgmeta.models import create_network
+from dgmeta.training.stepper import StageStepper
+from tests.helpers import learner_protocols
 
 NUM_CLASSES = 3
 SOURCES = 2
@@ -70,20 +72,18 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-SUPPORTED = [
-    ("dann", "dg"), ("dann", "msda"), ("dann", "ssda"),
-    ("mcd", "msda"), ("mcd", "ssda"),
-    ("jigen", "dg"), ("jigen", "msda"), ("jigen", "ssda"),
-]
+# every registered learner under each protocol it declares (MME has its own fixture: tests/test_mme.py)
+SUPPORTED = learner_protocols(exclude=("mme",))
 
 
 @pytest.mark.parametrize("name,protocol", SUPPORTED)
 def test_learner_beats_chance_on_unseen_target(name, protocol):
     model = learner(name, protocol)
+    stepper = StageStepper(model, model.hparams)
     generator = torch.Generator().manual_seed(1)
     steps = 40
     for step in range(steps):
-        logs = model.update(make_batch(protocol, generator), step / steps)
+        logs = stepper.step(make_batch(protocol, generator), step / steps)
     assert all(np.isfinite(v) for v in logs.values())
     x, y = coloured_images(90, "target", torch.Generator().manual_seed(2))
     model.eval()
@@ -140,9 +140,10 @@ def test_dann_features_hide_the_domain_better_than_erm():
             name, TinyNetwork(), LearnerContext(NUM_CLASSES, 2, "dg", steps),
             hparams(name, lr_schedule="constant", **({"lambda_max": 0.3} if name == "dann" else {})),
         )
+        stepper = StageStepper(model, model.hparams)
         for step in range(steps):
             xs, ys = zip(*(noisy_colour_images(32, d, generator) for d in (0, 1)))
-            model.update(Batch(torch.cat(xs), torch.cat(ys), torch.arange(2).repeat_interleave(32)), step / steps)
+            stepper.step(Batch(torch.cat(xs), torch.cat(ys), torch.arange(2).repeat_interleave(32)), step / steps)
         probes[name] = domain_probe_accuracy(model)
     assert probes["erm"] > 0.95, probes  # the fixture's domain is easy to read from ERM features
     assert probes["dann"] < probes["erm"] - 0.15, probes
@@ -287,9 +288,10 @@ def test_jigen_learns_to_recognise_permutations():
         hparams("jigen", unshuffled_ratio=0.5, lr=0.03),
     )
     generator = torch.Generator().manual_seed(0)
+    stepper = StageStepper(model, model.hparams)
     for step in range(150):
         x, y = textured(32, generator)
-        model.update(Batch(x, y, torch.zeros_like(y)), step / 150)
+        stepper.step(Batch(x, y, torch.zeros_like(y)), step / 150)
     x, _ = textured(200, torch.Generator().manual_seed(5))
     labels = torch.randint(1, model.num_permutations + 1, (200,), generator=torch.Generator().manual_seed(6))
     model.eval()

@@ -16,12 +16,12 @@ def test_fraction_keeps_leading_share_of_every_domain():
 
 def test_episode_uses_fraction_and_stays_disjoint():
     from dgmeta.hparams import apply_overrides, default_hparams
-    from dgmeta.meta.init import MetaInitStepper
+    from dgmeta.meta import create_stepper
     from test_meta_fixtures import make_learner
 
     learner = make_learner("erm", sources=3)
     hp = apply_overrides(default_hparams("erm", "init"), {"meta_batch_fraction": 0.5})
-    stepper = MetaInitStepper(learner, hp, total_steps=10, num_sources=3, seed=0)
+    stepper = create_stepper("init", learner, hp, total_steps=10, num_sources=3, seed=0)
     x = torch.arange(24, dtype=torch.float64).view(24, 1).expand(24, 5).contiguous()
     batch = Batch(x, torch.zeros(24, dtype=torch.long), torch.arange(24) % 3)
     episode = stepper.next_episode(batch)

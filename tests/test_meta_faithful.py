@@ -135,8 +135,8 @@ def test_adam_inner_step_is_a_fresh_adams_first_step():
     for name, p in model.named_parameters():
         assert torch.allclose(adapted[name], p, rtol=1e-9, atol=1e-12), name
     # the defaults pick it for an Adam outer optimizer, plain SGD for SGD
-    adam_term = create_stepper("init", make_learner("erm"), apply_overrides(default_hparams("erm", "init"), {}), 10, S).init_term
-    sgd_term = create_stepper("init", make_learner("erm"), hparams("init"), 10, S).init_term
+    adam_term = create_stepper("init", make_learner("erm"), apply_overrides(default_hparams("erm", "init"), {}), 10, S).term("init")
+    sgd_term = create_stepper("init", make_learner("erm"), hparams("init"), 10, S).term("init")
     assert (adam_term.rule, sgd_term.rule) == ("adam", "sgd")
 
 

@@ -11,11 +11,11 @@ import torch
 from dgmeta.errors import ConfigError, TrainingError
 from dgmeta.hparams import apply_overrides, default_hparams
 from dgmeta.learners.base import Batch
-from dgmeta.meta import META_MODES, create_stepper, total_calls
-from dgmeta.meta.critic import CriticStepper, FeatureCritic
+from dgmeta.meta import EpisodicStepper, create_stepper, meta_term_names, total_calls
+from dgmeta.meta.critic import CriticTerm, FeatureCritic
 from dgmeta.meta.episodes import Episode, EpisodeSampler, split_batch
 from dgmeta.meta.gradient import functional_features, meta_gradient, scratch_buffers
-from dgmeta.meta.init import MetaInitStepper
+from dgmeta.meta.init import MetaInitTerm
 from dgmeta.training.stepper import StageStepper
 from test_meta_fixtures import single_thread  # noqa: F401  (autouse)
 from test_meta_fixtures import DTYPE, accuracy, blobs, make_learner
@@ -54,13 +54,18 @@ def test_create_stepper_picks_the_mode_and_counts_sources_from_the_context():
     learner = make_learner("erm", protocol="ssda")
     assert type(create_stepper("none", learner, hparams("none"), 10)) is StageStepper
     init = create_stepper("init", learner, hparams("init"), 10)
-    assert isinstance(init, MetaInitStepper) and init.sampler.source_domains == S  # the shots' index S excluded
-    assert isinstance(create_stepper("critic", learner, hparams("critic"), 10, num_sources=S), CriticStepper)
+    assert type(init) is EpisodicStepper and init.sampler.source_domains == S  # the shots' index S excluded
+    assert isinstance(init.term("init"), MetaInitTerm)
+    critic = create_stepper("critic", learner, hparams("critic"), 10, num_sources=S)
+    assert type(critic) is EpisodicStepper and isinstance(critic.term("critic"), CriticTerm)
     both = create_stepper("init+critic", learner, hparams("init+critic"), 10, num_sources=S)
-    assert [t.name for t in both.terms] == ["init", "critic"]
-    assert META_MODES.names() == ["critic", "init", "init+critic", "none"]
-    with pytest.raises(ConfigError):
-        create_stepper("maml", learner, hparams("none"), 10)
+    assert type(both) is EpisodicStepper and [t.name for t in both.terms] == ["init", "critic"]
+    reversed_order = create_stepper("critic+init", learner, hparams("critic+init"), 10, num_sources=S)
+    assert [t.name for t in reversed_order.terms] == ["critic", "init"]  # composed generically, in the order given
+    assert meta_term_names() == ["critic", "init"]
+    for bad in ("maml", "init+init", "init+maml"):
+        with pytest.raises(ConfigError):
+            create_stepper(bad, learner, hparams("none"), 10)
 
 
 def test_bad_meta_hyperparameters_are_config_errors():
@@ -158,14 +163,14 @@ def test_critic_step_trains_the_model_on_base_loss_plus_weighted_critic_on_the_f
     learner = make_learner("erm")
     reference = copy.deepcopy(learner).train()
     stepper = create_stepper("critic", learner, hp, 10, S, seed=0)
-    critic_before = snapshot(stepper.critic)
+    critic_before = snapshot(stepper.term("critic").critic)
     batch = blobs(S, 6, seed=4)
     logs = stepper.step(batch)
 
-    changed = [n for n, p in stepper.critic.named_parameters() if not torch.equal(p, critic_before[n])]
+    changed = [n for n, p in stepper.term("critic").critic.named_parameters() if not torch.equal(p, critic_before[n])]
     assert changed  # the critic took its Adam step ...
     params = dict(reference.named_parameters())
-    aux = 0.5 * stepper.critic(functional_features(reference, params, scratch_buffers(reference), batch.x))
+    aux = 0.5 * stepper.term("critic").critic(functional_features(reference, params, scratch_buffers(reference), batch.x))
     g_aux = dict(zip(params, torch.autograd.grad(aux, list(params.values()), allow_unused=True)))
     g_base = base_gradient(reference, batch)
     for name, before in snapshot(reference).items():
@@ -210,17 +215,17 @@ def test_critic_learns_a_regulariser_that_helps_the_held_out_source():
     hp = hparams("critic", lr=0.05, critic_lr=1e-3, critic_inner_lr=10.0, critic_hidden=32, critic_weight=1.0)  # alpha 0.5
     learner = make_learner("erm", in_dim=2 + S, feature_dim=8, num_classes=2, activation=False, hparams=hp)
     stepper = create_stepper("critic", learner, hp, 160, S, seed=0)
-    untrained = copy.deepcopy(stepper.critic_term)
+    untrained = copy.deepcopy(stepper.term("critic"))
     generator = torch.Generator().manual_seed(0)
     meta_losses = [stepper.step(spurious_sources(16, generator))["critic/meta_loss"] for _ in range(160)]
 
-    assert any(not torch.equal(p, q) for p, q in zip(stepper.critic.parameters(), untrained.critic.parameters()))
+    assert any(not torch.equal(p, q) for p, q in zip(stepper.term("critic").critic.parameters(), untrained.critic.parameters()))
     early, late = sum(meta_losses[:40]) / 40, sum(meta_losses[-40:]) / 40
     assert late < early and late < -0.01
     # Same model, same episodes: the trained critic improves held-out loss, the untrained one barely moves it.
     probe_generator = torch.Generator().manual_seed(42)
     probes = [(spurious_sources(16, probe_generator), ([0, 1, 2][:d] + [0, 1, 2][d + 1 :], [d])) for d in range(S) for _ in range(4)]
-    trained_value = mean_meta_loss(stepper.critic_term, learner, probes, stepper.step_sizes())
+    trained_value = mean_meta_loss(stepper.term("critic"), learner, probes, stepper.step_sizes())
     untrained_value = mean_meta_loss(untrained, learner, probes, stepper.step_sizes())
     assert trained_value < -0.01 and trained_value < untrained_value - 0.01
 

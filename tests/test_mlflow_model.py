@@ -22,7 +22,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from dgmeta.config import RunConfig
+from dgmeta.runs.config import RunConfig
 from dgmeta.tracking.mlflow_model import ImageClassifier, log_network_model
 from dgmeta.tracking.model_registry import register_run
 from tests.helpers import make_folder_dataset
@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
     """One tiny real run, registered as MODEL@champion; yields (uri, run id, target images)."""
     from dgmeta.data import create_dataset
     from dgmeta.data.images import load_images
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.experiment import run_experiment
 
     home = tmp_path_factory.mktemp("mlflow-model")
     root = make_folder_dataset(home / "toy", per_class=8)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from dgmeta.config import RunConfig
+from dgmeta.runs.config import RunConfig
 from dgmeta.errors import TrackingError
 from dgmeta.tracking.mlflow_run import Tracking
 from tests.helpers import make_folder_dataset
@@ -32,7 +32,7 @@ def _project_run(monkeypatch, uri: str, experiment: str = "projects"):
 
 
 def test_parent_run_is_the_project_run_in_its_experiment(tmp_path, monkeypatch):
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.experiment import run_experiment
 
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     client, experiment_id, project_id = _project_run(monkeypatch, uri)
@@ -88,6 +88,13 @@ def test_mlproject_states_its_environment():
     project = yaml.safe_load((REPO / "mlflow" / "MLproject").read_text())
     environment = yaml.safe_load((REPO / "mlflow" / project["python_env"]).read_text())
     assert {"torch==2.14.1", "torchvision==0.29.1"} <= set(environment["dependencies"])
+    constraints = {line for line in (REPO / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")}
+    assert constraints <= set(environment["dependencies"])  # the versions CI tests
+    import tomllib
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {d.split("=")[0].split(">")[0].split("<")[0] for d in environment["dependencies"]}
+    assert {d.split("=")[0].split(">")[0].split("<")[0] for d in declared} <= names
     assert environment["python"] and "pip" in environment["build_dependencies"][0]
     for entry in project["entry_points"].values():
         assert "python -m dgmeta" in entry["command"]

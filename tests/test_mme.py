@@ -24,7 +24,8 @@ def mme(protocol: str = "ssda", seed: int = 0, **hp):
     torch.manual_seed(seed)
     network = TinyNet().to(DTYPE)
     context = LearnerContext(num_classes=3, num_domains=S + (protocol == "ssda"), protocol=protocol, total_steps=10)
-    return create_learner("mme", network, context, {"mme_lambda": LAMBDA, "mme_temperature": 0.5, **hp}).to(DTYPE)
+    hparams = apply_overrides(default_hparams("mme"), {"mme_lambda": LAMBDA, "mme_temperature": 0.5, **hp})
+    return create_learner("mme", network, context, hparams).to(DTYPE)
 
 
 def da_batch(seed: int = 0, protocol: str = "ssda") -> Batch:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dgmeta.config import RunConfig
 from dgmeta.errors import ConfigError
 from dgmeta.orchestration.sweep import grid_points, parse_grid, plan_sweep, random_points, run_sweep
+from dgmeta.runs.config import RunConfig
 from tests.fake_runs import _template_store, fake_accuracy, fake_train, store  # noqa: F401 (fixtures)
 
 

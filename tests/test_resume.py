@@ -19,11 +19,12 @@ from mlflow.tracking import MlflowClient
 from dgmeta.errors import WeightsError
 from dgmeta.hparams import apply_overrides, default_hparams
 from dgmeta.learners import LearnerContext, create_learner
+from dgmeta.meta import create_stepper
 from dgmeta.models import create_network
-from dgmeta.training.data import DomainArrays, JobData
-from dgmeta.training.experiment import make_stepper, seed_everything
-from dgmeta.training.trainer import BatchSource, Trainer
+from dgmeta.runs.job import seed_everything
 from dgmeta.training.checkpointing import JobCheckpoint, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from dgmeta.training.data import DomainArrays, JobData
+from dgmeta.training.trainer import BatchSource, Trainer
 from tests.helpers import make_folder_dataset
 
 STEPS = 30
@@ -168,7 +169,7 @@ def make_trainer(base: str, meta: str, protocol: str, steps: int, **options) -> 
     hparams = apply_overrides(default_hparams(base, meta), {"dropout": 0.2})  # dropout: the global torch RNG matters
     network = create_network("test_resnet", 2, "none", dropout=0.2)
     learner = create_learner(base, network, LearnerContext(2, 2, protocol, steps), hparams)
-    stepper = make_stepper(meta, learner, hparams, steps, 2, 0)
+    stepper = create_stepper(meta, learner, hparams, steps, 2, 0)
     return Trainer(learner, stepper, data, BatchSource(data, 4, 0, augment=True), steps, eval_every=3, progress=False, **options)
 
 

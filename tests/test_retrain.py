@@ -11,11 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dgmeta.cli.main import main
-from dgmeta.config import RunConfig
 from dgmeta.errors import TrackingError
-from dgmeta.orchestration.locks import LockHeldError, lock_path_for, pipeline_lock
+from dgmeta.locks import LockHeldError, lock_path_for, pipeline_lock
 from dgmeta.orchestration.promotion import decide
 from dgmeta.orchestration.retrain import retrain
+from dgmeta.runs.config import RunConfig
 from dgmeta.tracking import model_registry as registry
 from dgmeta.tracking.compare import RunRecord
 from dgmeta.tracking.model_registry import Evaluation
@@ -140,7 +140,7 @@ def test_lock_held_by_another_process_and_released_when_it_dies(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from dgmeta.orchestration.locks import pipeline_lock
+            from dgmeta.locks import pipeline_lock
             with pipeline_lock({str(spec)!r}):
                 print("locked", flush=True)
                 time.sleep(60)

@@ -9,8 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dgmeta.cli.main import main
-from dgmeta.config import RunConfig
-from dgmeta.training.experiment import run_experiment
+from dgmeta.runs.config import RunConfig
+from dgmeta.runs.experiment import run_experiment
 from tests.helpers import make_folder_dataset
 
 TINY = dict(backbone="test_resnet", weights="none", image_size=24, train_image_size=24, batch_size=8, eval_every=10, quiet=True)

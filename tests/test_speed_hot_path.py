@@ -94,13 +94,13 @@ CASES = [
 def test_training_step(base, meta, protocol, overrides):
     from dgmeta.hparams import apply_overrides, default_hparams
     from dgmeta.learners import Batch, LearnerContext, create_learner
+    from dgmeta.meta import create_stepper
     from dgmeta.models import create_network
-    from dgmeta.training.experiment import make_stepper
 
     torch.manual_seed(0)
     hparams = apply_overrides(default_hparams(base, meta), overrides)
     learner = create_learner(base, create_network("test_efficientnet", 3, "none"), LearnerContext(3, 3, protocol, 100), hparams)
-    stepper = make_stepper(meta, learner, hparams, 100, 3, 0)
+    stepper = create_stepper(meta, learner, hparams, 100, 3, 0)
 
     def make(n):
         batch = Batch(

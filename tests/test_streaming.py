@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _layout_module():
-    spec = importlib.util.spec_from_file_location("domainnet_layout", REPO / "benchmarks" / "domainnet_layout.py")
+    spec = importlib.util.spec_from_file_location("domainnet_layout", REPO / "benchmarks" / "tools" / "domainnet_layout.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

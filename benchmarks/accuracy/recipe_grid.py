@@ -25,6 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from dgmeta.process import tune_process
+
+# an entry point: passive OpenMP waiting before anything loads torch (benchmarks/README.md, "Shared CPUs")
+tune_process(sys.argv[1:])
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
@@ -68,8 +73,8 @@ def read_rows(path: Path) -> list[dict]:
 
 def run_one(args) -> None:
     """Child process: one job; prints its result as the last JSON line."""
-    from dgmeta.config import RunConfig
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.config import RunConfig
+    from dgmeta.runs.experiment import run_experiment
 
     recipe = json.loads(json.dumps(RECIPES[args.recipe]))
     hparams = recipe.pop("hparams", {})

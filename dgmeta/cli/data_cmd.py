@@ -20,7 +20,7 @@ data_app = typer.Typer(help="Inspect, verify and download datasets.", no_args_is
 MAX_CLASS_ROWS = 20
 
 NameArg = Annotated[str, typer.Argument(help="pacs, office_home, domainnet, pacs-mini or folder:PATH")]
-DataRootOpt = Annotated[Optional[str], typer.Option("--data-root", help="folder holding the datasets (default: $DGMETA_DATA, else ./data)")]
+DataRootOpt = Annotated[Optional[str], typer.Option("--data-root", help="folder holding the datasets", show_default="$DGMETA_DATA, else ./data")]
 SplitOpt = Annotated[str, typer.Option("--split", help="official (published lists) or random (seeded 80/20 per domain)")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed of the random / holdout split")]
 
@@ -72,7 +72,14 @@ def _checksum_line(report: VerifyReport) -> str | None:
 
 @data_app.command("info")
 def info(name: NameArg, data_root: DataRootOpt = None, split: SplitOpt = "official", seed: SeedOpt = 0) -> None:
-    """Domains, classes and images per split of a dataset."""
+    """Domains, classes and images per split of a dataset.
+
+    Examples:
+
+      dgmeta data info pacs-mini
+
+      dgmeta data info pacs --data-root ../shared/data --split random --seed 1
+    """
     ds = create_dataset(name, data_root, split, seed)
     console = Console()
     console.print(f"[bold]{ds.name}[/bold] at {ds.root}")
@@ -92,9 +99,16 @@ def verify(
     data_root: DataRootOpt = None,
     split: SplitOpt = "official",
     seed: SeedOpt = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Count images, decode every file, check split lists (and their official checksums)."""
+    """Count images, decode every file, check split lists (and their official checksums).
+
+    Examples:
+
+      dgmeta data verify pacs-mini
+
+      dgmeta data verify pacs --data-root ../shared/data
+    """
     ds = create_dataset(name, data_root, split, seed)
     report = verify_dataset(ds, progress=not quiet)
     console = Console()
@@ -116,8 +130,13 @@ def download(
     name: NameArg,
     data_root: DataRootOpt = None,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the source before giving up")] = DEFAULT_TIMEOUT,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Download a public dataset (pacs, office_home, domainnet) into the data root."""
+    """Download a public dataset (pacs, office_home, domainnet) into the data root.
+
+    Example:
+
+      dgmeta data download pacs --data-root ./data
+    """
     target = download_dataset(name, data_root, timeout=timeout, progress=not quiet)
     Console().print(f"downloaded {name} to {target}; check it with `dgmeta data verify {name}`")

@@ -20,19 +20,26 @@ def fewshot(
     shots: str = typer.Option("1,5", "--shots", help="support images per class, comma-separated"),
     queries: int = typer.Option(15, "--queries", help="query images per class"),
     episodes: int = typer.Option(600, "--episodes", help="episodes per shot count"),
-    method: Optional[List[str]] = typer.Option(None, "--method", help="prototype | linear | finetune | maml (repeatable or comma-separated; default: prototype, linear, finetune); maml adapts the backbone per episode (seconds each: use fewer --episodes)"),
-    finetune_all: bool = typer.Option(False, "--finetune-all", help="finetune fine-tunes every layer on the support images (seconds per episode: use fewer --episodes)"),
+    method: Optional[List[str]] = typer.Option(None, "--method", help="prototype | linear | finetune | maml (repeatable or comma-separated); maml adapts the backbone per episode (seconds each: use fewer --episodes)", show_default=",".join(DEFAULT_METHODS)),
+    finetune_all: bool = typer.Option(False, "--finetune-all/--no-finetune-all", help="finetune fine-tunes every layer on the support images (seconds per episode: use fewer --episodes)"),
     seed: int = typer.Option(0, "--seed", help="episode seed; the same seed gives the same episodes for every method and model"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="default: $DGMETA_DATA or ./data"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="input size in pixels (default: the model's)"),
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="decoded-image cache; default $DGMETA_CACHE or ~/.cache/dgmeta"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="folder holding the datasets", show_default="$DGMETA_DATA, else ./data"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="input size in pixels", show_default="the model's"),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="decoded-image cache", show_default="$DGMETA_CACHE, else ~/.cache/dgmeta"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking store", show_default="$MLFLOW_TRACKING_URI, else sqlite:///mlruns.db"),
     experiment: str = typer.Option(DEFAULT_EXPERIMENT, "--experiment", help="MLflow experiment of the few-shot run"),
-    output: Optional[Path] = typer.Option(None, "--output", help="also write the report as Markdown to this file"),
+    output: Optional[Path] = typer.Option(None, "--output", help="also write the report as Markdown to this file", show_default="none"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N: where the network embeds and adapts (auto: CUDA when present)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    quiet: bool = typer.Option(False, "--quiet/--no-quiet", "-q", help="no progress bars"),
 ) -> None:
-    """Few-shot accuracy (mean ± 95% CI over shared episodes) of a trained model on one domain."""
+    """Few-shot accuracy (mean ± 95% CI over shared episodes) of a trained model on one domain.
+
+    Examples:
+
+      dgmeta fewshot RUN_ID --data pacs --domain sketch --ways all --shots 1,5
+
+      dgmeta fewshot models:/pacs-erm@champion --data pacs --domain sketch --method maml --episodes 100
+    """
     from dgmeta.data import create_dataset, labels_of, load_images
     from dgmeta.errors import ConfigError
     from dgmeta.evaluation.fewshot import parse_shots, resolve_model, run_fewshot

@@ -10,18 +10,60 @@ import importlib
 import os
 import sys
 
-import typer
+from dgmeta.process import tune_process
 
-from dgmeta.cli.environment import environment_errors
-from dgmeta.errors import DgmetaError
+tune_process(sys.argv[1:])  # the command is the entry point: before any import loads torch
+
+import typer  # noqa: E402
+from typer.core import TyperCommand, TyperGroup  # noqa: E402
+
+from dgmeta.cli.environment import environment_errors  # noqa: E402
+from dgmeta.errors import DgmetaError  # noqa: E402
+
+
+def _flags_without_type(params: list) -> list:
+    """Typer shows every boolean as ``<bool>`` as if it took a value; Click shows a flag by its name only."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class FlagCommand(TyperCommand):
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
+class FlagGroup(TyperGroup):
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="dgmeta",
+    cls=FlagGroup,
     help="Domain generalization / adaptation with meta-learning: train, evaluate, compare, retrain.",
+    epilog="Examples: dgmeta run pacs-mini --base erm --steps 10 | dgmeta compare --against base=erm | dgmeta COMMAND --help",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"show_default": True},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from dgmeta import __version__
+
+        typer.echo(f"dgmeta {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """Domain generalization / adaptation with meta-learning: train, evaluate, compare, retrain."""
 
 COMMAND_MODULES = (
     "dgmeta.cli.run_cmd",
@@ -39,6 +81,19 @@ for _module in COMMAND_MODULES:
     except ModuleNotFoundError as _exc:  # a command still being written must not break the others
         if _exc.name != _module:
             raise
+
+
+def _use_flag_classes(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        if command.cls in (None, TyperCommand):
+            command.cls = FlagCommand
+    for group in typer_app.registered_groups:
+        group.typer_instance.info.cls = FlagGroup
+        group.typer_instance.info.context_settings = {"show_default": True, **(group.typer_instance.info.context_settings or {})}
+        _use_flag_classes(group.typer_instance)
+
+
+_use_flag_classes(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,22 +9,29 @@ import typer
 
 schedule_app = typer.Typer(help="Schedule periodic retraining of a pipeline (crontab or systemd user timer).", no_args_is_help=True)
 
-_CRONTAB_FILE = typer.Option(None, "--crontab-file", help="edit this file instead of the user's crontab (tests, dry runs)")
-_UNIT_DIR = typer.Option(None, "--unit-dir", help="systemd user unit folder [~/.config/systemd/user]")
+_CRONTAB_FILE = typer.Option(None, "--crontab-file", help="edit this file instead of the user's crontab (tests, dry runs)", show_default="the user's crontab")
+_UNIT_DIR = typer.Option(None, "--unit-dir", help="systemd user unit folder", show_default="~/.config/systemd/user")
 
 
 @schedule_app.command("install")
 def install(
     pipeline: Path = typer.Argument(..., help="pipeline spec to retrain"),
-    cron: Optional[str] = typer.Option(None, "--cron", help='cron expression, e.g. "0 3 * * 0" [spec\'s schedule.cron]'),
-    systemd: bool = typer.Option(False, "--systemd", help="write a systemd user timer + service instead of a crontab entry"),
-    on_calendar: Optional[str] = typer.Option(None, "--on-calendar", help="systemd OnCalendar value (default: converted from --cron)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="store the job logs to [$MLFLOW_TRACKING_URI or ./mlruns.db]"),
-    log_file: Optional[Path] = typer.Option(None, "--log-file", help="append the job's output here [~/.cache/dgmeta/logs/retrain-NAME.log]"),
+    cron: Optional[str] = typer.Option(None, "--cron", help='cron expression, e.g. "0 3 * * 0"', show_default="the spec's schedule.cron"),
+    systemd: bool = typer.Option(False, "--systemd/--crontab", help="write a systemd user timer + service instead of a crontab entry"),
+    on_calendar: Optional[str] = typer.Option(None, "--on-calendar", help="systemd OnCalendar value", show_default="converted from --cron"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking store of the scheduled runs", show_default="the spec's, else $MLFLOW_TRACKING_URI, else ./mlruns.db"),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", help="append the job's output here", show_default="~/.cache/dgmeta/logs/retrain-NAME.log"),
     crontab_file: Optional[Path] = _CRONTAB_FILE,
     unit_dir: Optional[Path] = _UNIT_DIR,
 ) -> None:
-    """Install (or replace) the schedule of PIPELINE."""
+    """Install (or replace) the schedule of PIPELINE.
+
+    Examples:
+
+      dgmeta schedule install pipelines/pacs_retrain_weekly.yaml --cron "0 3 * * 0"
+
+      dgmeta schedule install pipelines/pacs_retrain_weekly.yaml --systemd
+    """
     from dgmeta.errors import ConfigError
     from dgmeta.orchestration import schedule
     from dgmeta.orchestration.spec import load_pipeline
@@ -49,7 +56,12 @@ def install(
 
 @schedule_app.command("list")
 def list_(crontab_file: Optional[Path] = _CRONTAB_FILE, unit_dir: Optional[Path] = _UNIT_DIR) -> None:
-    """List scheduled retraining jobs (crontab entries and systemd timers)."""
+    """List scheduled retraining jobs (crontab entries and systemd timers).
+
+    Example:
+
+      dgmeta schedule list
+    """
     from dgmeta.orchestration import schedule
 
     entries = schedule.list_systemd(unit_dir or schedule.default_unit_dir())
@@ -67,7 +79,12 @@ def remove(
     crontab_file: Optional[Path] = _CRONTAB_FILE,
     unit_dir: Optional[Path] = _UNIT_DIR,
 ) -> None:
-    """Remove the crontab entry and/or systemd units of PIPELINE."""
+    """Remove the crontab entry and/or systemd units of PIPELINE.
+
+    Example:
+
+      dgmeta schedule remove pipelines/pacs_retrain_weekly.yaml
+    """
     from dgmeta.errors import ConfigError
     from dgmeta.orchestration import schedule
 

@@ -30,7 +30,8 @@ from dgmeta.registry import Registry
 DatasetBuilder = Callable[[str | os.PathLike | None, str, int], DomainDataset]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
-PACS_MINI_DIR = Path(dgmeta.__file__).resolve().parents[1] / "data" / "pacs-mini"
+# package data, so a wheel install has it too (not a path into a source checkout)
+PACS_MINI_DIR = Path(dgmeta.__file__).resolve().parent / "samples" / "pacs-mini"
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None, must_exist: bool = True) -> Path:
@@ -144,7 +145,7 @@ def pacs(data_root: str | os.PathLike | None, split: str, seed: int) -> DomainDa
 
 @DATASETS.register("pacs-mini")
 def pacs_mini(data_root: str | os.PathLike | None, split: str, seed: int) -> DomainDataset:
-    """A small real PACS subset shipped in the repo (``data/pacs-mini``), or ``<data_root>/pacs-mini``."""
+    """A small real PACS subset shipped inside the package (``dgmeta/samples/pacs-mini``), or ``<data_root>/pacs-mini``."""
     candidates = []
     if data_root is not None or os.environ.get("DGMETA_DATA"):
         candidates.append(resolve_data_root(data_root, must_exist=False) / "pacs-mini")
@@ -155,7 +156,7 @@ def pacs_mini(data_root: str | os.PathLike | None, split: str, seed: int) -> Dom
             return _build_pacs("pacs-mini", folder, split, seed, {})
     raise DataError(
         f"pacs-mini not found: looked in {' and '.join(str(c) for c in candidates)}",
-        "it ships with the repository; rebuild it with `python scripts/make_pacs_mini.py --source DIR --out data/pacs-mini`",
+        "it ships inside the dgmeta package; reinstall dgmeta, or rebuild it with `python scripts/make_pacs_mini.py --source DIR --out dgmeta/samples/pacs-mini`",
     )
 
 

@@ -18,10 +18,9 @@ def precision_context(precision: str, device_type: str = "cpu"):
     return autocast(precision, device_type)
 
 
-# Small inference batches are both faster on CPU (the activations stay in cache) and lighter: for
-# Lite0 at 128 px, 32 vs 256 images per batch gave 1.57-1.65x the images/s and a 0.92 vs 1.86 GiB
-# peak for evaluation alone (benchmarks/activation_memory.py); 256-image batches lifted a full PACS
-# run's peak above its training steps'.
+# Small inference batches are both faster on CPU (the activations stay in cache) and lighter;
+# 256-image batches lifted a full PACS run's peak above its training steps' (benchmarks/README.md,
+# "Notes on the memory figures").
 EVAL_BATCH_SIZE = 32
 
 

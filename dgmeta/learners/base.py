@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from dgmeta.errors import ConfigError
+from dgmeta.hparam_spec import HParam
 
 PROTOCOLS = ("dg", "msda", "ssda")
 
@@ -94,8 +95,10 @@ class Learner(nn.Module):
 
     name: ClassVar[str] = "base"
     protocols: ClassVar[tuple[str, ...]] = PROTOCOLS
-    #: protocols this learner needs unlabelled target data for (for the error message)
-    needs_target: ClassVar[bool] = False
+    #: the protocol a run uses when ``--protocol`` is not given
+    default_protocol: ClassVar[str] = "dg"
+    #: this learner's own hyperparameters (:class:`~dgmeta.hparam_spec.HParam`), read as ``hparams[key]``
+    HPARAMS: ClassVar[dict[str, HParam]] = {}
     #: whether the network's linear head is the learner's classifier (what head_init=probe fits)
     keeps_linear_head: ClassVar[bool] = True
 
@@ -165,11 +168,3 @@ class Learner(nn.Module):
     def head_module_names(self) -> tuple[str, ...]:
         """Modules trained from scratch (get the larger head learning rate)."""
         return tuple(n for n, _ in self.named_children() if n != "featurizer")
-
-    def update(self, batch: Batch, progress: float = 0.0) -> dict[str, float]:
-        """DomainBed-style convenience: one step with this learner's default optimizers."""
-        from dgmeta.training.stepper import StageStepper
-
-        if not hasattr(self, "_default_stepper"):
-            object.__setattr__(self, "_default_stepper", StageStepper(self, self.hparams))
-        return self._default_stepper.step(batch, progress)

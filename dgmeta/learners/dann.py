@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dgmeta.errors import ConfigError
+from dgmeta.hparam_spec import HParam, at_least, fraction, positive
 from dgmeta.learners.base import Batch, Learner, LearnerContext, Objective
 from dgmeta.learners.registry import LEARNERS
 from dgmeta.losses import DomainAdversarialLoss, DomainDiscriminator, dann_lambda
@@ -33,6 +34,14 @@ from dgmeta.losses import DomainAdversarialLoss, DomainDiscriminator, dann_lambd
 class DANN(Learner):
     name = "dann"
     protocols = ("dg", "msda", "ssda")
+    default_protocol = "msda"
+    HPARAMS = {
+        "lambda_max": HParam(1.0, lambda r: float(10 ** r.uniform(-1, 0.5)), "final weight of the adversarial loss", at_least(0)),
+        "lambda_gamma": HParam(10.0, lambda r: 10.0, "gamma in lambda(p) = 2/(1+exp(-gamma p)) - 1", positive()),
+        "disc_hidden": HParam(256, lambda r: int(2 ** r.randint(6, 10)), "domain discriminator width", positive(integer=True)),
+        "disc_layers": HParam(2, lambda r: int(r.choice([1, 2, 3])), "hidden layers of the discriminator", positive(integer=True)),
+        "disc_dropout": HParam(0.5, lambda r: float(r.choice([0.0, 0.5])), "discriminator dropout", fraction()),
+    }
 
     def __init__(self, network, context: LearnerContext, hparams: dict):
         super().__init__(network, context, hparams)
@@ -45,15 +54,15 @@ class DANN(Learner):
         discriminator = DomainDiscriminator(
             self.feature_dim,
             2 if self.source_vs_target else context.num_domains,
-            hidden=int(self.hparams.get("disc_hidden", 256)),
-            layers=int(self.hparams.get("disc_layers", 2)),
-            dropout=float(self.hparams.get("disc_dropout", 0.5)),
+            hidden=int(self.hparams["disc_hidden"]),
+            layers=int(self.hparams["disc_layers"]),
+            dropout=float(self.hparams["disc_dropout"]),
         )
         self.adversary = DomainAdversarialLoss(discriminator)
 
     def adversarial_coefficient(self, progress: float) -> float:
-        lambda_max = float(self.hparams.get("lambda_max", 1.0))
-        return lambda_max * dann_lambda(progress, float(self.hparams.get("lambda_gamma", 10.0)))
+        lambda_max = float(self.hparams["lambda_max"])
+        return lambda_max * dann_lambda(progress, float(self.hparams["lambda_gamma"]))
 
     def discriminator_inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """All images for the one featurizer pass (labelled first), and each one's

@@ -11,6 +11,8 @@ from dgmeta.learners.registry import LEARNERS
 @LEARNERS.register("erm")
 class ERM(Learner):
     name = "erm"
+    default_protocol = "dg"
+    HPARAMS = {}
 
     def objective(self, stage: str, batch: Batch, progress: float) -> Objective:
         loss = F.cross_entropy(self.predict(batch.x), batch.y)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmeta.errors import ConfigError
+from dgmeta.hparam_spec import HParam, at_least, fraction, positive
 from dgmeta.learners.base import Batch, Learner, LearnerContext, Objective
 from dgmeta.learners.jigsaw import jigsaw_permutations, shuffle_tiles
 from dgmeta.learners.registry import LEARNERS
@@ -35,17 +36,26 @@ PERMUTATION_SEED = 0
 class JiGen(Learner):
     name = "jigen"
     protocols = ("dg", "msda", "ssda")
+    default_protocol = "dg"
+    HPARAMS = {
+        "num_permutations": HParam(30, lambda r: int(r.choice([30, 100])), "permutation classes P", positive(integer=True)),
+        "unshuffled_ratio": HParam(0.7, lambda r: float(r.uniform(0.6, 0.9)), "fraction of each batch left unshuffled (beta)", fraction(high_open=False)),
+        "jigsaw_weight": HParam(0.7, lambda r: float(r.uniform(0.1, 0.9)), "auxiliary jigsaw loss weight (alpha)", at_least(0)),
+        "target_jigsaw_weight": HParam(0.7, lambda r: float(r.uniform(0.1, 0.9)), "jigsaw weight on target images (DA)", at_least(0)),
+        "entropy_weight": HParam(0.1, lambda r: float(r.choice([0.05, 0.1, 0.2])), "target entropy weight (DA)", at_least(0)),
+        "grid": HParam(3, lambda r: 3, "tiles per side", at_least(2, integer=True)),
+    }
 
     def __init__(self, network, context: LearnerContext, hparams: dict):
         super().__init__(network, context, hparams)
-        self.grid = int(self.hparams.get("grid", 3))
-        self.unshuffled_ratio = float(self.hparams.get("unshuffled_ratio", 0.7))
+        self.grid = int(self.hparams["grid"])
+        self.unshuffled_ratio = float(self.hparams["unshuffled_ratio"])
         if not 0.0 < self.unshuffled_ratio <= 1.0:
             raise ConfigError(
                 f"--set unshuffled_ratio={self.unshuffled_ratio} must be in (0, 1]",
                 "the classifier only sees unshuffled images; use e.g. --set unshuffled_ratio=0.7",
             )
-        permutations = jigsaw_permutations(int(self.hparams.get("num_permutations", 30)), self.grid, PERMUTATION_SEED)
+        permutations = jigsaw_permutations(int(self.hparams["num_permutations"]), self.grid, PERMUTATION_SEED)
         self.num_permutations = permutations.shape[0] - 1
         # derived from hparams, so not saved with the weights
         self.register_buffer("permutations", permutations, persistent=False)
@@ -68,7 +78,7 @@ class JiGen(Learner):
         unshuffled = jig_labels == 0
         cls = F.cross_entropy(self.classifier(labelled[unshuffled]), batch.y[unshuffled])
         jigsaw = F.cross_entropy(self.jigsaw_head(labelled), jig_labels)
-        loss = cls + float(self.hparams.get("jigsaw_weight", 0.7)) * jigsaw
+        loss = cls + float(self.hparams["jigsaw_weight"]) * jigsaw
         terms = {"cls": cls.detach(), "jigsaw": jigsaw.detach()}
         if target is not None:
             target_features, target_jig_labels = features[len(batch):], target[1]
@@ -76,8 +86,8 @@ class JiGen(Learner):
             target_jigsaw = F.cross_entropy(self.jigsaw_head(target_features), target_jig_labels)
             loss = (
                 loss
-                + float(self.hparams.get("entropy_weight", 0.1)) * entropy
-                + float(self.hparams.get("target_jigsaw_weight", 0.7)) * target_jigsaw
+                + float(self.hparams["entropy_weight"]) * entropy
+                + float(self.hparams["target_jigsaw_weight"]) * target_jigsaw
             )
             terms.update(entropy=entropy.detach(), target_jigsaw=target_jigsaw.detach())
         return Objective(loss, terms)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmeta.errors import ConfigError
+from dgmeta.hparam_spec import HParam, positive
 from dgmeta.learners.base import Batch, Learner, LearnerContext, Objective, Stage
 from dgmeta.learners.registry import LEARNERS
 from dgmeta.losses import classifier_discrepancy
@@ -35,11 +36,14 @@ from dgmeta.losses import classifier_discrepancy
 class MCD(Learner):
     name = "mcd"
     protocols = ("msda", "ssda")
-    needs_target = True
+    default_protocol = "msda"
+    HPARAMS = {
+        "num_k": HParam(4, lambda r: int(r.choice([1, 2, 4])), "generator steps (C) per iteration", positive(integer=True)),
+    }
 
     def __init__(self, network, context: LearnerContext, hparams: dict):
         super().__init__(network, context, hparams)
-        self.num_k = int(self.hparams.get("num_k", 4))
+        self.num_k = int(self.hparams["num_k"])
         if self.num_k < 1:
             raise ConfigError(f"--set num_k={self.num_k} must be at least 1", "use e.g. --set num_k=4")
         self.classifier2 = _fresh_copy(self.classifier)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmeta.errors import ConfigError
+from dgmeta.hparam_spec import HParam, at_least, positive
 from dgmeta.learners.base import Batch, Learner, LearnerContext, Objective
 from dgmeta.learners.registry import LEARNERS
 from dgmeta.losses import grad_reverse, prediction_entropy
@@ -64,17 +65,21 @@ class CosineClassifier(nn.Module):
 class MME(Learner):
     name = "mme"
     protocols = ("ssda", "msda")
-    needs_target = True
+    default_protocol = "ssda"
+    HPARAMS = {
+        "mme_lambda": HParam(0.1, lambda r: float(r.choice([0.05, 0.1, 0.2])), "weight of the minimax target entropy (MME's lambda)", at_least(0)),
+        "mme_temperature": HParam(0.05, lambda r: float(r.choice([0.05, 0.1])), "temperature T of the cosine classifier", positive()),
+    }
     keeps_linear_head = False  # replaced by the cosine classifier
 
     def __init__(self, network, context: LearnerContext, hparams: dict):
         super().__init__(network, context, hparams)
-        temperature = float(self.hparams.get("mme_temperature", 0.05))
+        temperature = float(self.hparams["mme_temperature"])
         if not temperature > 0:
             raise ConfigError(f"--set mme_temperature={temperature} must be positive", "use e.g. --set mme_temperature=0.05")
         reference = next(self.featurizer.parameters())
         self.classifier = CosineClassifier(
-            self.feature_dim, context.num_classes, temperature, float(self.hparams.get("dropout", 0.0))
+            self.feature_dim, context.num_classes, temperature, float(self.hparams["dropout"])
         ).to(reference.device, reference.dtype)
 
     def export_classifier(self) -> nn.Module:
@@ -84,5 +89,5 @@ class MME(Learner):
         cls = F.cross_entropy(self.classifier(self.featurizer(batch.x)), batch.y)
         target_features = self.featurizer(self.target_images(batch))
         entropy = prediction_entropy(self.classifier(grad_reverse(target_features, 1.0)))
-        weight = float(self.hparams.get("mme_lambda", 0.1))
+        weight = float(self.hparams["mme_lambda"])
         return Objective(cls - weight * entropy, {"cls": cls.detach(), "entropy": entropy.detach()})

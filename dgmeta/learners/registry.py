@@ -1,32 +1,23 @@
-from __future__ import annotations
+"""Learners looked up by ``--base`` name. Every module of this package is imported before the
+first lookup, so a new learner is one new file that registers its class: nothing lists them."""
 
-import importlib
+from __future__ import annotations
 
 from torch import nn
 
 from dgmeta.learners.base import Learner, LearnerContext
 from dgmeta.registry import Registry
 
-LEARNERS: Registry[type[Learner]] = Registry("--base")
-
-# Each module registers its class on import.
-_MODULES = ("erm", "dann", "mcd", "jigen", "mme")
+LEARNERS: Registry[type[Learner]] = Registry("--base", package="dgmeta.learners")
 
 
-def _load_all() -> None:
-    for module in _MODULES:
-        try:
-            importlib.import_module(f"dgmeta.learners.{module}")
-        except ModuleNotFoundError as exc:  # a learner still being written must not break the rest
-            if exc.name != f"dgmeta.learners.{module}":
-                raise
+def learner_class(name: str) -> type[Learner]:
+    return LEARNERS.get(name)
 
 
 def create_learner(name: str, network: nn.Module, context: LearnerContext, hparams: dict) -> Learner:
-    _load_all()
-    return LEARNERS.get(name)(network, context, hparams)
+    return learner_class(name)(network, context, hparams)
 
 
 def learner_names() -> list[str]:
-    _load_all()
     return LEARNERS.names()

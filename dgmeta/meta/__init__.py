@@ -1,9 +1,10 @@
 """Meta-learning wrappers around any base learner, chosen with ``--meta``.
 
-* ``none``: the plain :class:`~dgmeta.training.stepper.StageStepper`.
-* ``init``: MetaDA's meta-learned initialisation (:mod:`dgmeta.meta.init`).
-* ``critic``: Feature-Critic's meta-learned auxiliary loss (:mod:`dgmeta.meta.critic`).
-* ``init+critic``: both; each step draws one episode, used by both terms.
+``--meta`` names meta terms (:mod:`dgmeta.meta.registry`), e.g. ``init`` (MetaDA's meta-learned
+initialisation, :mod:`dgmeta.meta.init`) or ``critic`` (Feature-Critic's meta-learned auxiliary
+loss, :mod:`dgmeta.meta.critic`); ``a+b`` puts both into one episodic stepper, where each step
+draws one set of episodes that every term uses. ``none`` is the plain
+:class:`~dgmeta.training.stepper.StageStepper`.
 
 ``create_stepper(meta, learner, hparams, total_steps, num_sources, seed)`` builds the stepper;
 the episodes (:mod:`dgmeta.meta.episodes`) and the meta-gradient (:mod:`dgmeta.meta.gradient`)
@@ -12,40 +13,12 @@ are shared building blocks.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from dgmeta.learners.base import Learner
-from dgmeta.meta.critic import CriticStepper, CriticTerm, FeatureCritic
 from dgmeta.meta.episodes import Episode, EpisodeSampler, split_batch
 from dgmeta.meta.gradient import inner_adapt, meta_gradient
-from dgmeta.meta.init import MetaInitStepper
-from dgmeta.meta.stepper import EpisodicStepper
-from dgmeta.registry import Registry
+from dgmeta.meta.registry import META_TERMS, meta_help, meta_term_classes, meta_term_names
+from dgmeta.meta.stepper import EpisodicStepper, MetaTerm
 from dgmeta.training.stepper import StageStepper
-
-StepperFactory = Callable[[Learner, dict, int, "int | None", int], StageStepper]
-META_MODES: Registry[StepperFactory] = Registry("meta mode")
-
-
-@META_MODES.register("none")
-def _plain(learner: Learner, hparams: dict, total_steps: int, num_sources: int | None, seed: int) -> StageStepper:
-    return StageStepper(learner, hparams, total_steps)
-
-
-@META_MODES.register("init")
-def _init(learner: Learner, hparams: dict, total_steps: int, num_sources: int | None, seed: int) -> StageStepper:
-    return MetaInitStepper(learner, hparams, total_steps, num_sources, seed)
-
-
-@META_MODES.register("critic")
-def _critic(learner: Learner, hparams: dict, total_steps: int, num_sources: int | None, seed: int) -> StageStepper:
-    return CriticStepper(learner, hparams, total_steps, num_sources, seed)
-
-
-@META_MODES.register("init+critic")
-def _init_critic(learner: Learner, hparams: dict, total_steps: int, num_sources: int | None, seed: int) -> StageStepper:
-    # In the offline schedule the critic joins after the meta phase, with the base steps.
-    return MetaInitStepper(learner, hparams, total_steps, num_sources, seed, extra_terms=[CriticTerm(learner, hparams)])
 
 
 def create_stepper(
@@ -58,7 +31,11 @@ def create_stepper(
 ) -> StageStepper:
     """The stepper for ``--meta``; ``num_sources`` defaults to the learner context's source count."""
     total = learner.context.total_steps if total_steps is None else int(total_steps)
-    return META_MODES.get(meta or "none")(learner, hparams, total, num_sources, seed)
+    classes = meta_term_classes(meta)
+    if not classes:
+        return StageStepper(learner, hparams, total)
+    terms = [cls(learner, hparams) for cls in classes]
+    return EpisodicStepper(learner, hparams, total, num_sources, seed, terms)
 
 
 def total_calls(stepper: StageStepper) -> int:
@@ -67,8 +44,11 @@ def total_calls(stepper: StageStepper) -> int:
 
 
 __all__ = [
-    "META_MODES",
+    "META_TERMS",
     "create_stepper",
+    "meta_help",
+    "meta_term_classes",
+    "meta_term_names",
     "total_calls",
     "EpisodeSampler",
     "Episode",
@@ -76,8 +56,5 @@ __all__ = [
     "inner_adapt",
     "meta_gradient",
     "EpisodicStepper",
-    "MetaInitStepper",
-    "CriticStepper",
-    "CriticTerm",
-    "FeatureCritic",
+    "MetaTerm",
 ]

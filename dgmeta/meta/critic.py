@@ -38,9 +38,8 @@ Cost per step, on top of the base step: the first-stage objective's forward/back
 meta-train half, the critic term's featurizer forward/backward on it (with a graph), the meta-test
 forward at theta_old (no graph) and at theta_new with the backward into omega (a double backward
 through the featurizer, built with :mod:`dgmeta.meta.double_backward`), and the featurizer
-forward/backward of the model's critic term on the full batch. Measured (ERM, tf_efficientnet_lite0,
-128 px, 96 images; ``benchmarks/step_throughput.py``): 3.24x the base step (6.7x with PyTorch's own
-double backward).
+forward/backward of the model's critic term on the full batch. Measured step times:
+benchmarks/README.md, "Step throughput".
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgmeta.errors import ConfigError
+from dgmeta.hparam_spec import TEXT, HParam, at_least, positive
 from dgmeta.learners.base import Batch, Learner
 from dgmeta.meta.double_backward import fast_double_backward
 from dgmeta.meta.episodes import Episode
@@ -62,7 +62,8 @@ from dgmeta.meta.gradient import (
     scratch_buffers,
     trainable_params,
 )
-from dgmeta.meta.stepper import EpisodicStepper, require_finite
+from dgmeta.meta.registry import META_TERMS
+from dgmeta.meta.stepper import episode_hparams, require_finite
 
 _NAN_HINT = "lower --set critic_inner_lr=... or --set critic_lr=..., or --set critic_weight=0.001"
 
@@ -85,20 +86,34 @@ class FeatureCritic(nn.Module):
         return F.softplus(self.score(pooled)).squeeze(-1)
 
 
+@META_TERMS.register("critic")
 class CriticTerm:
     """Trains the critic on each episode and returns ``critic_weight * grad_theta h`` on the full batch."""
 
     name = "critic"
+    online = True
+    offline_steps = 0
+    HPARAMS = {
+        "critic_lr": HParam(1e-3, lambda r: float(10 ** r.uniform(-4, -2)), "Adam learning rate of the critic", positive()),
+        "critic_hidden": HParam(128, lambda r: int(r.choice([64, 128, 256])), "critic hidden width", positive(integer=True)),
+        "critic_weight": HParam(0.01, lambda r: float(r.choice([0.001, 0.01, 0.1])), "weight of h_omega in the model's loss (0.01: the official PACS code)", at_least(0)),
+        "critic_inner_lr": HParam(1.0, lambda r: float(r.choice([0.5, 1.0, 2.0])), "alpha for theta_old/theta_new as a multiple of each parameter group's outer learning rate", at_least(0)),
+        "warm_start": HParam("", lambda r: "", "path to a dgmeta model/network.pt (e.g. an ERM run's) whose featurizer and classifier the run starts from; empty: none", TEXT),
+        **episode_hparams(splits="sample"),
+    }
 
     def __init__(self, learner: Learner, hparams: dict):
+        warm = str(hparams["warm_start"]).strip()
+        if warm:  # before anything copies the learner's parameters
+            load_warm_start(learner, warm)
         reference = next(learner.parameters())
-        self.critic = FeatureCritic(learner.feature_dim, int(hparams.get("critic_hidden", 128))).to(
+        self.critic = FeatureCritic(learner.feature_dim, int(hparams["critic_hidden"])).to(
             device=reference.device, dtype=reference.dtype
         )
-        self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=float(hparams.get("critic_lr", 1e-3)))
-        self.weight = float(hparams.get("critic_weight", 0.01))
+        self.optimizer = torch.optim.Adam(self.critic.parameters(), lr=float(hparams["critic_lr"]))
+        self.weight = float(hparams["critic_weight"])
         #: a multiple of each parameter's outer learning rate (an absolute step without step sizes)
-        self.inner_lr = float(hparams.get("critic_inner_lr", 1.0))
+        self.inner_lr = float(hparams["critic_inner_lr"])
         self.stage = learner.stages()[0]
 
     def gradients(
@@ -164,28 +179,6 @@ class CriticTerm:
     def load_state_dict(self, state: dict) -> None:
         self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
-
-
-class CriticStepper(EpisodicStepper):
-    """Feature-Critic around any learner."""
-
-    def __init__(
-        self,
-        learner: Learner,
-        hparams: dict,
-        total_steps: int | None = None,
-        num_sources: int | None = None,
-        seed: int = 0,
-    ):
-        warm = str(hparams.get("warm_start", "") or "").strip()
-        if warm:
-            load_warm_start(learner, warm)
-        self.critic_term = CriticTerm(learner, hparams)
-        super().__init__(learner, hparams, total_steps, num_sources, seed, [self.critic_term])
-
-    @property
-    def critic(self) -> FeatureCritic:
-        return self.critic_term.critic
 
 
 def load_warm_start(learner: Learner, path: str) -> None:

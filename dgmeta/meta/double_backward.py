@@ -11,7 +11,7 @@ pass, and three of PyTorch's double backwards are slow on CPU:
 * a 1x1 convolution's double backward convolves transposed copies of the activations.
 
 On EfficientNet-Lite0 the first two took 48% and 29% of a second-order meta-gradient's CPU time
-(9,187 convolution calls for one meta-gradient; ``benchmarks/double_backward_profile.py``).
+(9,187 convolution calls for one meta-gradient; ``benchmarks/speed/double_backward_profile.py``).
 
 :class:`fast_double_backward` is a context in which
 

@@ -27,8 +27,7 @@ here too (MCD's step B computes its features under ``no_grad``, so the exact met
 not see how those features move with the featurizer). The inner steps' graph is built inside
 :class:`~dgmeta.meta.double_backward.fast_double_backward`: same derivatives, but grouped
 convolutions, 1x1 convolutions and batch norm get second derivatives that are cheap to evaluate
-(a second-order meta-gradient on EfficientNet-Lite0 2.9x faster than with PyTorch's own,
-``benchmarks/double_backward_profile.py``); the meta-test forward, differentiated only once, uses
+(measured against PyTorch's own: benchmarks/README.md); the meta-test forward, differentiated only once, uses
 PyTorch's own operations.
 
 ``order=1`` (first-order MAML): the inner steps are taken without a graph and the Jacobian

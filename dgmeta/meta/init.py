@@ -12,13 +12,14 @@ Schedules (hparam ``meta_schedule``):
   episodes (every held-out split under ``meta_splits=all``, see :mod:`dgmeta.meta.stepper`), added
   to the first stage's gradient before its optimizer step (so momentum, weight decay, the lr
   schedule and gradient clipping of the base optimizer apply to the sum).
-* ``offline``: the first ``offline_meta_steps`` calls of :meth:`step` are pure meta-updates of
-  the initialisation, ``theta <- theta - meta_lr * meta-gradient`` (plain SGD, its own optimizer,
+* ``offline``: the first ``offline_meta_steps`` calls of the episodic stepper's ``step``
+  (:class:`~dgmeta.meta.stepper.EpisodicStepper`) are this term's pure meta-updates of the initialisation, ``theta <- theta - meta_lr * meta-gradient`` (plain SGD, its own optimizer,
   learner objectives evaluated at progress 0, the point the initialisation is used from); after
-  them :meth:`step` is the ordinary base step. Step counting: ``--steps`` counts *base* steps, so
-  an offline run makes ``offline_meta_steps + steps`` calls in all (:attr:`total_calls`);
+  them ``step`` is the ordinary base step (with any online term, e.g. the critic's under
+  ``init+critic``). Step counting: ``--steps`` counts *base* steps, so an offline run makes
+  ``offline_meta_steps + steps`` calls in all (the stepper's ``total_calls``);
   ``step_count``/:meth:`progress` (learning-rate schedule, DANN's lambda(p)) count base steps
-  only and start at 0 after the meta phase. A loop that calls :meth:`step` only ``steps`` times
+  only and start at 0 after the meta phase. A loop that calls ``step`` only ``steps`` times
   still works but trains the base learner for ``steps - offline_meta_steps`` steps.
 
 Inner step (hparams ``inner_lr``, ``inner_update``): each parameter steps ``inner_lr`` x its
@@ -40,44 +41,55 @@ of the base pass can be reused, because the inner objective differs from the bas
 domains, the held-out source as the unlabelled target). Second order adds the backward through the
 inner backward (double backward, Hessian-vector products), built with
 :mod:`dgmeta.meta.double_backward` so that depthwise and 1x1 convolutions and batch norm
-differentiate cheaply. Measured (ERM, tf_efficientnet_lite0, 128 px, 96 images,
-``meta_batch_fraction`` 0.5; ``benchmarks/step_throughput.py``, 10 rounds): first order 1.59x the
-base step, second order 2.25x (the meta-gradient alone is 2.9x faster than with PyTorch's own
-double backward, ``benchmarks/double_backward_profile.py``).
+differentiate cheaply. Measured step times: benchmarks/README.md, "Step throughput".
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
 from dgmeta.errors import ConfigError
+from dgmeta.hparam_spec import HParam, at_least, one_of, positive
 from dgmeta.learners.base import Batch, Learner
 from dgmeta.meta.episodes import Episode
 from dgmeta.meta.gradient import INNER_RULES, METHODS, MetaGradient, meta_gradient, trainable_params
-from dgmeta.meta.stepper import EpisodicStepper, MetaTerm, Params, choose, require_finite
+from dgmeta.meta.registry import META_TERMS
+from dgmeta.meta.stepper import EpisodicStepper, Params, choose, episode_hparams, require_finite
 
 SCHEDULES = ("online", "offline")
 INNER_UPDATES = ("outer",) + INNER_RULES
 _NAN_HINT = "lower --set inner_lr=... or --set meta_lr=..., or use --set meta_order=1"
 
 
+@META_TERMS.register("init")
 class MetaInitTerm:
-    """The meta-gradient of one episode, weighted by ``meta_weight`` (online MetaDA)."""
+    """The meta-gradient of one episode, weighted by ``meta_weight`` (online MetaDA), or the offline
+    meta-updates of the initialisation before base training (``meta_schedule=offline``)."""
 
     name = "init"
+    HPARAMS = {
+        "inner_lr": HParam(1.0, lambda r: float(r.choice([0.5, 1.0, 2.0])), "inner step size as a multiple of each parameter group's outer learning rate (0: no inner step, the control 'extra supervised term, no meta-learning')", at_least(0)),
+        "inner_update": HParam("outer", lambda r: "outer", "outer (the outer optimizer's kind of step: SGD, or a fresh Adam's first step under optimizer=adam) | sgd | adam", one_of("outer", "sgd", "adam")),
+        "inner_steps": HParam(1, lambda r: int(r.choice([1, 2])), "inner steps k", positive(integer=True)),
+        "meta_order": HParam(1, lambda r: 1, "1: first-order, 2: exact second-order", one_of(1, 2)),
+        "meta_update": HParam("maml", lambda r: "maml", "maml (first-order or exact MAML, see meta_order) | shortest_path (MetaDA's path-sum gradient, first order)", one_of("maml", "shortest_path")),
+        "meta_weight": HParam(1.0, lambda r: float(r.choice([0.5, 1.0])), "weight of the meta-gradient in the online update (DomainBed MLDG's beta)", at_least(0)),
+        "meta_schedule": HParam("online", lambda r: "online", "online | offline", one_of("online", "offline")),
+        "offline_meta_steps": HParam(100, lambda r: 100, "meta-iterations before base training (offline)", at_least(0, integer=True)),
+        "meta_lr": HParam(0.01, lambda r: float(10 ** r.uniform(-3, -1.5)), "outer learning rate (offline)", positive()),
+        **episode_hparams(splits="all"),
+    }
 
-    def __init__(self, hparams: dict):
+    def __init__(self, learner: Learner, hparams: dict):
         #: a multiple of each parameter's outer learning rate
-        self.inner_lr = float(hparams.get("inner_lr", 1.0))
-        self.inner_steps = int(hparams.get("inner_steps", 1))
-        self.order = int(hparams.get("meta_order", 1))
-        self.weight = float(hparams.get("meta_weight", 1.0))
-        self.method = choose(hparams, "meta_update", "maml", METHODS)
-        update = choose(hparams, "inner_update", "outer", INNER_UPDATES)
+        self.inner_lr = float(hparams["inner_lr"])
+        self.inner_steps = int(hparams["inner_steps"])
+        self.order = int(hparams["meta_order"])
+        self.weight = float(hparams["meta_weight"])
+        self.method = choose(hparams, "meta_update", METHODS)
+        update = choose(hparams, "inner_update", INNER_UPDATES)
         if update == "outer":
-            update = "adam" if str(hparams.get("optimizer", "sgd")) == "adam" else "sgd"
+            update = "adam" if str(hparams["optimizer"]) == "adam" else "sgd"
         self.rule = update
         if self.order not in (1, 2):
             raise ConfigError(f"meta_order={self.order} is not supported", "pass --set meta_order=1 (first-order) or 2 (exact)")
@@ -87,6 +99,14 @@ class MetaInitTerm:
             raise ConfigError(f"inner_lr={self.inner_lr} is negative", "pass a multiple of the outer learning rate, e.g. --set inner_lr=1 (0: no inner step)")
         if self.method == "shortest_path" and self.order != 1:
             raise ConfigError("meta_update=shortest_path is a first-order meta-gradient", "use --set meta_order=1 with it, or --set meta_update=maml")
+        self.schedule = choose(hparams, "meta_schedule", SCHEDULES)
+        self.online = self.schedule == "online"
+        self.offline_steps = 0 if self.online else int(hparams["offline_meta_steps"])
+        if self.offline_steps < 0:
+            raise ConfigError(f"offline_meta_steps={self.offline_steps} is negative", "pass e.g. --set offline_meta_steps=100")
+        self.grad_clip = float(hparams["grad_clip"])
+        # plain SGD of its own: the offline phase moves the initialisation, not the base optimizers' state
+        self.meta_optimizer = torch.optim.SGD(list(trainable_params(learner).values()), lr=float(hparams["meta_lr"]))
 
     def meta_gradient(self, learner: Learner, episode: Episode, progress: float, step_sizes: dict[str, float]) -> MetaGradient:
         alphas = {name: self.inner_lr * lr for name, lr in step_sizes.items()}
@@ -118,11 +138,29 @@ class MetaInitTerm:
         mean, logs = self.mean_meta_gradient(learner, episodes, progress, step_sizes)
         return {name: self.weight * grad for name, grad in mean.items()}, logs
 
+    def offline_step(self, stepper: EpisodicStepper, batch: Batch) -> dict[str, float]:
+        """``theta <- theta - meta_lr * meta-gradient`` at progress 0, the point the initialisation is used from."""
+        learner = stepper.learner
+        learner.train()
+        with stepper.episode_mode():  # frozen batch norm under freeze_bn, as in the base steps
+            grads, logs = self.mean_meta_gradient(learner, stepper.next_episodes(batch), 0.0, stepper.step_sizes())
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        params = trainable_params(learner)
+        for name, param in params.items():
+            param.grad = grads[name]
+        # averaged over data-parallel ranks before clipping, as in the base step
+        stepper.sync_gradients(list(params.values()))
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(params.values()), self.grad_clip)
+        self.meta_optimizer.step()
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        return logs
+
     def state_dict(self) -> dict:
-        return {}  # stateless: the episode sampler and optimizers live in the stepper
+        return {"meta_optimizer": self.meta_optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
 
 
 def meta_logs(result: MetaGradient) -> dict[str, float]:
@@ -130,70 +168,3 @@ def meta_logs(result: MetaGradient) -> dict[str, float]:
     if result.inner_losses:
         logs["meta/inner_loss"] = float(result.inner_losses[0][1])
     return logs
-
-
-class MetaInitStepper(EpisodicStepper):
-    """MetaDA around any learner; ``extra_terms`` add further meta terms (``init+critic``)."""
-
-    def __init__(
-        self,
-        learner: Learner,
-        hparams: dict,
-        total_steps: int | None = None,
-        num_sources: int | None = None,
-        seed: int = 0,
-        extra_terms: Sequence[MetaTerm] = (),
-    ):
-        self.init_term = MetaInitTerm(hparams)
-        self.schedule = str(hparams.get("meta_schedule", "online"))
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown meta_schedule {self.schedule!r}", f"choose one of: {', '.join(SCHEDULES)}")
-        online_terms: list[MetaTerm] = [self.init_term] if self.schedule == "online" else []
-        super().__init__(learner, hparams, total_steps, num_sources, seed, online_terms + list(extra_terms))
-        self.offline_meta_steps = int(hparams.get("offline_meta_steps", 0)) if self.schedule == "offline" else 0
-        if self.offline_meta_steps < 0:
-            raise ConfigError(f"offline_meta_steps={self.offline_meta_steps} is negative", "pass e.g. --set offline_meta_steps=100")
-        self.meta_steps_done = 0
-        self.meta_optimizer = torch.optim.SGD(list(trainable_params(learner).values()), lr=float(hparams.get("meta_lr", 0.01)))
-
-    @property
-    def total_calls(self) -> int:
-        """Calls of :meth:`step` a full run makes: offline meta-steps, then ``total_steps`` base steps."""
-        return self.offline_meta_steps + self.total_steps
-
-    def in_meta_phase(self) -> bool:
-        return self.meta_steps_done < self.offline_meta_steps
-
-    def step(self, batch: Batch, progress: float | None = None) -> dict[str, float]:
-        if self.in_meta_phase():
-            return self._offline_meta_step(batch)
-        return super().step(batch, progress)
-
-    def _offline_meta_step(self, batch: Batch) -> dict[str, float]:
-        self.learner.train()
-        with self.episode_mode():  # frozen batch norm under freeze_bn, as in the base steps
-            grads, logs = self.init_term.mean_meta_gradient(self.learner, self.next_episodes(batch), 0.0, self.step_sizes())
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        params = trainable_params(self.learner)
-        for name, param in params.items():
-            param.grad = grads[name]
-        # averaged over data-parallel ranks before clipping, as in the base step
-        self.sync_gradients(list(params.values()))
-        clip = float(self.hparams.get("grad_clip", 0.0))
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(list(params.values()), clip)
-        self.meta_optimizer.step()
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        self.meta_steps_done += 1
-        return logs
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["meta"]["meta_steps_done"] = self.meta_steps_done
-        state["meta"]["meta_optimizer"] = self.meta_optimizer.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.meta_steps_done = int(state["meta"]["meta_steps_done"])
-        self.meta_optimizer.load_state_dict(state["meta"]["meta_optimizer"])

@@ -35,6 +35,7 @@ from typing import Iterator, Protocol, Sequence
 import torch
 
 from dgmeta.errors import ConfigError, TrainingError
+from dgmeta.hparam_spec import HParam, fraction, one_of, positive
 from dgmeta.learners.base import Batch, Learner
 from dgmeta.meta.episodes import Episode, EpisodeSampler, split_batch, target_shot_episode
 from dgmeta.models.freezing import batchnorm_eval
@@ -46,16 +47,38 @@ EPISODES = ("sources", "target_shots")
 EPISODE_BN = ("base", "batch")
 
 
+def episode_hparams(splits: str) -> dict[str, HParam]:
+    """The episode settings :class:`EpisodicStepper` reads, for a term's ``HPARAMS``; ``splits``:
+    the term's default ``meta_splits`` (the one its paper's code uses)."""
+    return {
+        "meta_test_domains": HParam(1, lambda r: 1, "held-out source domains per episode", positive(integer=True)),
+        "meta_splits": HParam(splits, lambda r: splits, "all (average the meta terms over every held-out split each step, as DomainBed's MLDG) | sample (one split a step, in rounds, as Feature-Critic's code)", one_of(*SPLITS)),
+        "meta_episode": HParam("sources", lambda r: "sources", "sources (hold out source domains; under ssda an extension) | target_shots (ssda: MetaDA's episode, meta-test = the labelled target shots)", one_of(*EPISODES)),
+        "episode_bn": HParam("base", lambda r: "base", "base (episodes use the base step's batch-norm mode: frozen under freeze_bn) | batch (batch statistics in episodes)", one_of(*EPISODE_BN)),
+        "meta_batch_fraction": HParam(1.0, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode (1: full per-domain batches, as MLDG)", fraction(low_open=True, high_open=False)),
+    }
+
+
 class MetaTerm(Protocol):
-    """One meta-learned contribution to the model's update."""
+    """One meta-learned contribution to the model's update. A term class declares ``name`` and
+    ``HPARAMS``, registers itself in :data:`dgmeta.meta.registry.META_TERMS` and is built as
+    ``Term(learner, hparams)``; :func:`dgmeta.meta.create_stepper` puts every term of ``--meta``
+    into one :class:`EpisodicStepper`."""
 
     name: str
+    #: whether :meth:`gradients` joins every base step
+    online: bool
+    #: calls of :meth:`offline_step` the stepper makes before the first base step
+    offline_steps: int
 
     def gradients(
         self, learner: Learner, batch: Batch, episodes: list[Episode], progress: float, step_sizes: dict[str, float]
     ) -> tuple[Params, dict[str, float]]:
         """Gradients (parameter name -> tensor, already weighted and averaged over ``episodes``) to
         add to the model's, and logs; ``step_sizes``: each parameter's outer learning rate now."""
+
+    def offline_step(self, stepper: "EpisodicStepper", batch: Batch) -> dict[str, float]:
+        """One update before base training (only called when ``offline_steps`` > 0)."""
 
     def state_dict(self) -> dict: ...
 
@@ -67,8 +90,8 @@ def source_domain_count(learner: Learner) -> int:
     return learner.context.num_domains - (1 if learner.context.protocol == "ssda" else 0)
 
 
-def choose(hparams: dict, key: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = str(hparams.get(key, default))
+def choose(hparams: dict, key: str, allowed: tuple[str, ...]) -> str:
+    value = str(hparams[key])
     if value not in allowed:
         raise ConfigError(f"unknown {key} {value!r}", f"use --set {key}=" + f" or {key}=".join(allowed))
     return value
@@ -93,8 +116,11 @@ def leading_fraction_per_domain(domain: torch.Tensor, fraction: float) -> torch.
 
 
 class EpisodicStepper(StageStepper):
-    """A :class:`StageStepper` whose first stage also gets the gradients of ``terms``, all computed
-    on the same episodes each step (drawn only when there are terms, so resumed runs draw the same ones)."""
+    """A :class:`StageStepper` whose first stage also gets the gradients of the online ``terms``, all
+    computed on the same episodes each step (drawn only when a term is online, so resumed runs draw
+    the same ones). Terms with ``offline_steps`` take those calls of :meth:`step` first, in order;
+    ``--steps`` counts base steps, so a run makes :attr:`total_calls` calls in all, and
+    ``step_count``/:meth:`progress` count base steps only."""
 
     def __init__(
         self,
@@ -107,10 +133,10 @@ class EpisodicStepper(StageStepper):
     ):
         super().__init__(learner, hparams, total_steps)
         self.sources = source_domain_count(learner) if num_sources is None else int(num_sources)
-        self.splits = choose(hparams, "meta_splits", "sample", SPLITS)
-        self.episode_kind = choose(hparams, "meta_episode", "sources", EPISODES)
-        self.episode_bn = choose(hparams, "episode_bn", "base", EPISODE_BN)
-        self.meta_test_domains = int(hparams.get("meta_test_domains", 1))
+        self.splits = choose(hparams, "meta_splits", SPLITS)
+        self.episode_kind = choose(hparams, "meta_episode", EPISODES)
+        self.episode_bn = choose(hparams, "episode_bn", EPISODE_BN)
+        self.meta_test_domains = int(hparams["meta_test_domains"])
         if self.episode_kind == "target_shots":
             if learner.context.protocol != "ssda":
                 raise ConfigError(
@@ -121,7 +147,33 @@ class EpisodicStepper(StageStepper):
         else:
             self.sampler = EpisodeSampler(self.sources, self.meta_test_domains, seed)
         self.terms: list[MetaTerm] = list(terms)
+        self.online_terms = [term for term in self.terms if term.online]
+        self.meta_steps_done = 0
         self._first_stage = set(learner.stage_parameter_names(self.stages[0]))
+
+    @property
+    def offline_steps(self) -> int:
+        return sum(term.offline_steps for term in self.terms)
+
+    @property
+    def total_calls(self) -> int:
+        """Calls of :meth:`step` a full run makes: every term's offline steps, then ``total_steps`` base steps."""
+        return self.offline_steps + self.total_steps
+
+    def in_meta_phase(self) -> bool:
+        return self.meta_steps_done < self.offline_steps
+
+    def step(self, batch: Batch, progress: float | None = None) -> dict[str, float]:
+        if not self.in_meta_phase():
+            return super().step(batch, progress)
+        done = self.meta_steps_done
+        for term in self.terms:
+            if done < term.offline_steps:
+                logs = term.offline_step(self, batch)
+                self.meta_steps_done += 1
+                return logs
+            done -= term.offline_steps
+        raise AssertionError("in_meta_phase() and the terms' offline_steps disagree")
 
     def term(self, name: str) -> MetaTerm:
         for term in self.terms:
@@ -138,7 +190,7 @@ class EpisodicStepper(StageStepper):
         return out
 
     def _episode_batch(self, batch: Batch) -> Batch:
-        fraction = float(self.hparams.get("meta_batch_fraction", 1.0))
+        fraction = float(self.hparams["meta_batch_fraction"])
         if fraction < 1.0:
             batch = batch.select(leading_fraction_per_domain(batch.domain, fraction))
         return batch
@@ -178,7 +230,7 @@ class EpisodicStepper(StageStepper):
         if self.episode_bn == "batch":
             for m in norms:
                 m.train()
-        elif self.hparams.get("freeze_bn", False):
+        elif self.hparams["freeze_bn"]:
             batchnorm_eval(self.learner)
         try:
             yield
@@ -188,7 +240,7 @@ class EpisodicStepper(StageStepper):
 
     # -- the step -------------------------------------------------------------------------------
     def add_gradients(self, batch: Batch, progress: float) -> dict[str, float]:
-        if not self.terms:
+        if not self.online_terms:
             return {}
         episodes = self.next_episodes(batch)
         sizes = self.step_sizes()
@@ -197,7 +249,7 @@ class EpisodicStepper(StageStepper):
         added: dict[str, torch.Tensor] = {}
         logs: dict[str, float] = {}
         with self.episode_mode():
-            for term in self.terms:
+            for term in self.online_terms:
                 grads, term_logs = term.gradients(self.learner, batch, episodes, progress, sizes)
                 for name, grad in grads.items():
                     if name in self._first_stage:
@@ -218,6 +270,7 @@ class EpisodicStepper(StageStepper):
         state["meta"] = {
             "sampler": None if self.sampler is None else self.sampler.state_dict(),
             "terms": {term.name: term.state_dict() for term in self.terms},
+            "meta_steps_done": self.meta_steps_done,
         }
         return state
 
@@ -228,3 +281,4 @@ class EpisodicStepper(StageStepper):
             self.sampler.load_state_dict(meta["sampler"])
         for term in self.terms:
             term.load_state_dict(meta["terms"][term.name])
+        self.meta_steps_done = int(meta["meta_steps_done"])

@@ -6,6 +6,9 @@ expanded to its explicit set of values, which makes the systemd conversion exact
 calendar lists the same values. The one thing systemd cannot say is cron's rule that a job
 whose day-of-month *and* day-of-week are both restricted runs when *either* matches (systemd
 requires both), so that case asks for an explicit ``--on-calendar``.
+
+Kept rather than a library: croniter and its kin validate and iterate cron times, but none converts to
+systemd's OnCalendar, and that conversion needs exactly these expanded field sets.
 """
 
 from __future__ import annotations

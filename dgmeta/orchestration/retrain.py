@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from dgmeta.config import RunConfig
 from dgmeta.errors import ConfigError
-from dgmeta.orchestration.locks import pipeline_lock
+from dgmeta.locks import pipeline_lock
 from dgmeta.orchestration.promotion import SKIPPED, Decision
 from dgmeta.orchestration.spec import STAGES, load_pipeline
 from dgmeta.orchestration.stages import TrainFn, default_echo, pipeline_config_hash, resolved_protocol, run_pipeline
+from dgmeta.runs.config import RunConfig
 
 FingerprintFn = Callable[[RunConfig], str]
 

@@ -37,9 +37,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from dgmeta.config import RunConfig
 from dgmeta.errors import ConfigError
-from dgmeta.hparams import apply_overrides, default_hparams
+from dgmeta.runs.config import RunConfig, build_run_config, is_logged_config, logged_run_keys
 
 StageName = Literal["train", "evaluate", "fewshot", "register"]
 STAGES: tuple[str, ...] = ("train", "evaluate", "fewshot", "register")
@@ -51,7 +50,7 @@ class _Section(BaseModel):
 
 
 class FewshotSpec(_Section):
-    """Few-shot episodes on each trained network's target domain (``dgmeta.evaluation.fewshot_stage``)."""
+    """Few-shot episodes on each trained network's target domain (``dgmeta.runs.fewshot_stage``)."""
 
     ways: int | Literal["all"] = "all"
     shots: list[int] = Field(default_factory=lambda: [1, 5], min_length=1)
@@ -131,6 +130,14 @@ class PipelineSpec(_Section):
     tracking_uri: str | None = None
     data_root: str | None = None
     cache_dir: str | None = None
+    cache: Literal["auto", "disk", "stream"] | None = None
+    channels_last: bool | None = None
+    deterministic: bool | None = None
+    checkpoint_every: int | None = Field(None, ge=0)
+    nproc: int | None = Field(None, gt=0)
+    resume: str | None = None
+    run_name: str | None = None
+    quiet: bool | None = None
     stages: list[StageName] = Field(default_factory=lambda: ["train", "evaluate"], min_length=1)
     fewshot: FewshotSpec | None = None
     register: RegisterSpec | None = None
@@ -179,12 +186,7 @@ class PipelineSpec(_Section):
         data["hparams"] = dict(self.hparams)
         if self.fewshot is not None:
             data["fewshot"] = self.fewshot.model_dump()
-        for key, value in (cli_overrides or {}).items():
-            if value is not None:
-                data[key] = value
-        config = RunConfig.from_dict(data)
-        config.hparams = resolve_hparams(config.base, config.meta, config.hparams, set_overrides or [], self.source)
-        return config.validate()
+        return build_run_config(data, cli_overrides, set_overrides, self.source)
 
 
 # Spec keys copied verbatim into RunConfig (everything except the pipeline-only sections).
@@ -192,22 +194,6 @@ _RUN_FIELDS = tuple(
     name for name in PipelineSpec.model_fields if name not in ("name", "description", "hparams", "stages", "fewshot", "register", "schedule")
 )
 _SECTIONS: dict[str, type[BaseModel]] = {"fewshot": FewshotSpec, "register": RegisterSpec, "schedule": ScheduleSpec}
-
-
-def resolve_hparams(
-    base: str, meta: str, pinned: dict[str, Any], set_overrides: list[str], source: Path | None = None
-) -> dict[str, Any]:
-    """Only the overridden hyperparameters, each parsed to its default's type (so the config hash is stable)."""
-    defaults = default_hparams(base, meta)
-    try:
-        # str() then parse: a YAML ``lr: 1`` becomes 1.0 like the default, so equal configs hash equally
-        resolved = apply_overrides(defaults, {k: v if isinstance(v, bool) else str(v) for k, v in pinned.items()})
-    except ConfigError as exc:
-        where = f"{source}: hparams: " if source else "hparams: "
-        raise ConfigError(where + exc.message, exc.hint) from None
-    resolved = apply_overrides(resolved, list(set_overrides))
-    keys = set(pinned) | {text.split("=", 1)[0].strip() for text in set_overrides}
-    return {key: resolved[key] for key in sorted(keys)}
 
 
 def load_pipeline(path: str | Path) -> PipelineSpec:
@@ -227,6 +213,8 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
         raise ConfigError(f"{path} is empty", "write at least `dataset: pacs`")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a mapping of keys, got a {type(data).__name__}", "write `key: value` lines, e.g. `dataset: pacs`")
+    if is_logged_config(data):  # the config.json a run logged: run that job again
+        data = logged_run_keys(data)
     return parse_pipeline(data, source=path)
 
 

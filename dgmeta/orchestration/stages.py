@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from dgmeta.config import RunConfig
 from dgmeta.errors import ConfigError
 from dgmeta.orchestration.spec import STAGES
+from dgmeta.runs.config import RunConfig
 
 if TYPE_CHECKING:
     from dgmeta.orchestration.spec import PipelineSpec
@@ -25,15 +25,15 @@ SUMMARY_GROUP = ("dataset", "base", "meta", "protocol", "backbone")
 
 
 def default_train(config: RunConfig):
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.experiment import run_experiment
 
     return run_experiment(config)
 
 
 def resolved_protocol(config: RunConfig) -> str:
-    from dgmeta.training.experiment import DEFAULT_PROTOCOL
+    from dgmeta.learners.registry import learner_class
 
-    return config.protocol or DEFAULT_PROTOCOL.get(config.base, "dg")
+    return config.protocol or learner_class(config.base).default_protocol
 
 
 def pipeline_config_hash(config: RunConfig) -> str:
@@ -150,7 +150,7 @@ def evaluate_stage(evaluation: "Evaluation", client, echo: Callable[[str], None]
 
 def fewshot_stage(config: RunConfig, result, echo: Callable[[str], None]):
     try:
-        from dgmeta.evaluation.fewshot_stage import fewshot_stage as run_stage
+        from dgmeta.runs.fewshot_stage import fewshot_stage as run_stage
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("dgmeta.evaluation"):
             raise
@@ -159,7 +159,7 @@ def fewshot_stage(config: RunConfig, result, echo: Callable[[str], None]):
     if result is None:
         echo("fewshot: skipped — it needs the networks of the train stage in the same pipeline run")
         return None
-    from dgmeta.training.experiment import resolve_plan
+    from dgmeta.runs.plan import resolve_plan
 
     reports = run_stage(config, resolve_plan(config), result)
     echo(f"fewshot: {len(reports)} target network(s) evaluated, metrics logged to their runs")

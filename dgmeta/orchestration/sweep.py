@@ -16,10 +16,9 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
-from dgmeta.config import RunConfig
 from dgmeta.errors import ConfigError, DgmetaError
-from dgmeta.orchestration.spec import resolve_hparams
 from dgmeta.orchestration.stages import TrainFn, child_config_hash, default_train, finished_children
+from dgmeta.runs.config import RunConfig, resolve_hparams
 
 # Run options a grid may vary; the rest (experiment, store, targets, seeds, ...) define the sweep itself.
 GRID_FIELDS = ("dataset", "base", "meta", "protocol", "backbone", "weights", "steps", "batch_size", "image_size", "split", "shots", "eval_every", "precision")
@@ -48,6 +47,7 @@ class SweepPlan:
     jobs: list[SweepJob]
     done: int  # (setting, target, seed) runs found finished and skipped
     total: int
+    hashes: set[str] = field(default_factory=set)  # config hash of every (setting, target, seed) child of the sweep
 
 
 @dataclass
@@ -133,18 +133,27 @@ def plan_sweep(
 ) -> SweepPlan:
     """The jobs still to run; runs already FINISHED with the same config hash are skipped."""
     finished = {run.tags.get("dgmeta.config_hash") for run in finished_children(base, client)}
-    jobs, done, total = [], 0, 0
+    jobs, done, total, hashes = [], 0, 0, set()
     for point in points:
         config = point_config(base, point)
         targets = config.targets or domains_fn(config)
         for seed in config.seeds:
+            hashes.update(child_config_hash(config, t, seed) for t in targets)
             missing = [t for t in targets if child_config_hash(config, t, seed) not in finished]
             total += len(targets)
             done += len(targets) - len(missing)
             if missing:
                 run_name = f"{name}-p{point.index}-s{seed}"
                 jobs.append(SweepJob(point, replace(config, targets=missing, seeds=[seed], run_name=run_name)))
-    return SweepPlan(jobs, done, total)
+    return SweepPlan(jobs, done, total, hashes)
+
+
+def sweep_results(base: RunConfig, plan: SweepPlan, select: str = "training-domain", client=None):
+    """The sweep's finished runs selected DomainBed-style: per (target, seed) the setting the rule prefers."""
+    from dgmeta.tracking.compare import compare_runs
+
+    runs = [run for run in finished_children(base, client) if run.tags.get("dgmeta.config_hash") in plan.hashes]
+    return compare_runs(runs, ("dataset",), None, select)
 
 
 def _summary(result) -> list[dict]:

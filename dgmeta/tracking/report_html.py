@@ -14,10 +14,12 @@ from matplotlib.figure import Figure
 from dgmeta.tracking.compare import (
     AVERAGE,
     EXCLUDED_COLUMNS,
+    LODO_CAVEAT,
     Comparison,
-    row_cells,
-    table_columns,
     excluded_lines,
+    row_cells,
+    selection_line,
+    table_columns,
 )
 
 _STYLE = """
@@ -76,9 +78,11 @@ def to_html(comparison: Comparison, title: str = "dgmeta comparison") -> str:
         "<!DOCTYPE html>",
         f'<html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>',
         f"<h1>{html.escape(title)}</h1>",
-        "<p>Test accuracy (%) of the checkpoint selected by training-domain validation: mean over seeds, "
-        "sample standard deviation, 95% confidence half-width (Student t, n-1 degrees of freedom).</p>",
+        "<p>Test accuracy (%) of the checkpoint selected by training-domain validation: mean over seeds.</p>",
+        f"<p>{html.escape(selection_line(comparison))}</p>",
     ]
+    if comparison.selection == "leave-one-domain-out" and comparison.swept:
+        parts.append(f'<p class="note">{html.escape(LODO_CAVEAT)}</p>')
     if comparison.rows:
         chart = base64.b64encode(bar_chart_png(comparison)).decode()
         parts.append(f'<img alt="accuracy per target domain" src="data:image/png;base64,{chart}">')

@@ -5,12 +5,12 @@ returns it with ``munmap`` when freed, and gives the top of its heap back once m
 128 KiB lie free there. A training step allocates and frees its activations every time, so every
 step the kernel maps, zero-fills and unmaps them again: on EfficientNet-Lite0 (96 images,
 128 px) about 600,000 page faults and 1.4 s of kernel CPU time per step of 2.3 s
-(``benchmarks/allocator.py``).
+(``benchmarks/speed/allocator.py``).
 
 * ``lean`` (default): glibc's defaults; the process's footprint follows what is alive.
 * ``fast``: no ``mmap`` for large blocks and no trimming below 256 MiB of free heap top, so freed
   activations stay mapped and the next step mostly reuses them without page faults (75k instead
-  of 608k per ERM step in ``benchmarks/allocator.py``: now and then the heap top crosses the
+  of 608k per ERM step in ``benchmarks/speed/allocator.py``: now and then the heap top crosses the
   threshold and a block goes back). Faster steps, at the price of keeping the memory the heap has fragmented into (peak RSS up by a few hundred
   MiB on a PACS run; figures in benchmarks/README.md).
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dgmeta.errors import ConfigError
+from dgmeta.hparam_spec import HParam, at_least, fraction, positive
 
 AVERAGES = ("none", "ema", "swad")
 
@@ -229,6 +230,15 @@ class SWAD(Averager):
         self.pending = [seg(d) for d in state["pending"]]
         self.started, self.ended = bool(state["started"]), bool(state["ended"])
         self.start_step, self.end_step = state["start_step"], state["end_step"]
+
+
+#: what ``--average ema|swad`` reads
+HPARAMS = {
+    "ema_decay": HParam(0.995, lambda r: float(r.choice([0.99, 0.995, 0.999])), "decay of --average ema", fraction(low_open=True)),
+    "swad_converge": HParam(3, lambda r: 3, "SWAD: evaluations whose first is lowest to start averaging", positive(integer=True)),
+    "swad_tolerance": HParam(6, lambda r: 6, "SWAD: evaluations above the tolerance that end averaging", positive(integer=True)),
+    "swad_tolerance_ratio": HParam(0.3, lambda r: 0.3, "SWAD: loss up to (1 + ratio) x the lowest stays in the region", at_least(0)),
+}
 
 
 def create_averager(name: str, hparams: dict) -> Averager:

@@ -207,7 +207,7 @@ class RunFolder:
     def lock(self):
         """Held while the command runs, so a `--resume` of a run that is still alive is refused.
         Holding it, any ``.tmp-*.pt`` in this run's folders is a leftover of a killed writer."""
-        from dgmeta.orchestration.locks import exclusive_lock
+        from dgmeta.locks import exclusive_lock
 
         clean_stale_runs(self.path.parent.parent, keep=self.path)
         with exclusive_lock(self.path / "lock", f"run {self.parent_run_id}") as path:

@@ -4,8 +4,8 @@ One optimizer per module (the featurizer at ``lr``; each head trained from scrat
 ``lr * head_lr_mult``), shared by every stage that trains that module: MCD's official code keeps
 one optimizer per network (G, F1, F2) that all its steps use. Under Adam this matters: with an
 optimizer of its own, MCD's discrepancy stage would take full-size normalised steps on a gradient
-far smaller than the classification one (measured: pacs-mini sketch at 10 steps fell to 15%,
-chance 14%, against ERM's 44%); sharing the moments scales it by the classification gradients.
+far smaller than the classification one (it fell to chance: README.md, the MCD fix); sharing the
+moments scales it by the classification gradients.
 Subclasses (the meta wrappers in ``dgmeta.meta``) add gradients through
 :meth:`StageStepper.add_gradients` without the learner knowing.
 """
@@ -16,9 +16,9 @@ import math
 from typing import Callable
 
 import torch
-from torch import nn
 
 from dgmeta.errors import ConfigError, TrainingError
+from dgmeta.hparam_spec import FLAG, HParam, at_least, fraction, one_of, positive
 from dgmeta.learners.base import Batch, Learner, Stage
 from dgmeta.models.freezing import batchnorm_eval
 
@@ -28,11 +28,11 @@ OPTIMIZERS = ("adam", "sgd")
 def make_optimizer(name: str, groups: list[dict], lr: float, hparams: dict) -> torch.optim.Optimizer:
     """``adam`` (DomainBed's choice for fine-tuning a pretrained backbone; ``weight_decay`` as
     decoupled AdamW decay) or ``sgd`` (Nesterov momentum)."""
-    weight_decay = float(hparams.get("weight_decay", 0.0))
+    weight_decay = float(hparams["weight_decay"])
     if name == "adam":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        momentum = float(hparams.get("momentum", 0.9))
+        momentum = float(hparams["momentum"])
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     raise ConfigError(f"unknown optimizer {name!r}", f"use --set optimizer={' or optimizer='.join(OPTIMIZERS)}")
 
@@ -47,6 +47,19 @@ def learning_rate_factor(schedule: str, progress: float, step: int, warmup_steps
 
 
 class StageStepper:
+    #: the optimisation hyperparameters every run has, whatever its learner and meta terms
+    HPARAMS = {
+        "lr": HParam(1e-4, lambda r: float(10 ** r.uniform(-4.5, -3.3)), "learning rate of the backbone (for --set optimizer=sgd use about 0.01)", positive()),
+        "head_lr_mult": HParam(10.0, lambda r: float(r.choice([1.0, 10.0])), "learning-rate multiplier for heads trained from scratch", positive()),
+        "momentum": HParam(0.9, lambda r: 0.9, "SGD momentum (Nesterov)", fraction()),
+        "weight_decay": HParam(5e-4, lambda r: float(10 ** r.uniform(-6, -3)), "L2 weight decay", at_least(0)),
+        "lr_schedule": HParam("cosine", lambda r: "cosine", "cosine | constant | dann (mu0/(1+10p)^0.75)", one_of("cosine", "constant", "dann")),
+        "warmup_steps": HParam(0, lambda r: 0, "linear warm-up steps", at_least(0, integer=True)),
+        "grad_clip": HParam(0.0, lambda r: 0.0, "clip the gradient norm (0: off)", at_least(0)),
+        "optimizer": HParam("adam", lambda r: "adam", "adam (AdamW, DomainBed's fine-tuning choice) | sgd (Nesterov momentum)", one_of(*OPTIMIZERS)),
+        "freeze_bn": HParam(True, lambda r: bool(r.choice([True, False])), "batch norm keeps its ImageNet statistics (DomainBed freezes it); off under --weights none", FLAG),
+    }
+
     def __init__(self, learner: Learner, hparams: dict, total_steps: int | None = None):
         self.learner = learner
         self.hparams = hparams
@@ -66,14 +79,14 @@ class StageStepper:
         self.gradient_sync: Callable[[list[torch.Tensor]], None] | None = None
 
     def _make_optimizer(self, module_name: str) -> torch.optim.Optimizer | None:
-        lr = float(self.hparams.get("lr", 0.01))
-        head_mult = float(self.hparams.get("head_lr_mult", 1.0))
+        lr = float(self.hparams["lr"])
+        head_mult = float(self.hparams["head_lr_mult"])
         params = [p for p in getattr(self.learner, module_name).parameters() if p.requires_grad]
         if not params:
             return None
         group_lr = lr * head_mult if module_name in set(self.learner.head_module_names()) else lr
         groups = [{"params": params, "lr": group_lr, "initial_lr": group_lr, "name": module_name}]
-        return make_optimizer(str(self.hparams.get("optimizer", "sgd")), groups, lr, self.hparams)
+        return make_optimizer(str(self.hparams["optimizer"]), groups, lr, self.hparams)
 
     def stage_optimizers(self, stage: Stage) -> list[torch.optim.Optimizer]:
         return [self.optimizers[m] for m in stage.modules if m in self.optimizers]
@@ -84,10 +97,10 @@ class StageStepper:
 
     def _set_learning_rates(self) -> None:
         factor = learning_rate_factor(
-            str(self.hparams.get("lr_schedule", "constant")),
+            str(self.hparams["lr_schedule"]),
             self.progress(),
             self.step_count,
-            int(self.hparams.get("warmup_steps", 0)),
+            int(self.hparams["warmup_steps"]),
         )
         for opt in self.optimizers.values():
             for group in opt.param_groups:
@@ -97,7 +110,7 @@ class StageStepper:
         """One training iteration over all stages; returns the logged loss terms."""
         p = self.progress() if progress is None else progress
         self.learner.train()
-        if self.hparams.get("freeze_bn", False):
+        if self.hparams["freeze_bn"]:
             batchnorm_eval(self.learner)
         self._set_learning_rates()
         logs: dict[str, float] = {}
@@ -117,7 +130,7 @@ class StageStepper:
                 if scaler is not None:
                     for opt in opts:
                         scaler.unscale_(opt)
-                clip = float(self.hparams.get("grad_clip", 0.0))
+                clip = float(self.hparams["grad_clip"])
                 if clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, clip)
                 if scaler is None:
@@ -181,6 +194,3 @@ class StageStepper:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
-
-def trainable_parameters(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in module.named_parameters() if p.requires_grad}

@@ -178,7 +178,7 @@ class ProtoMAML(FewShotMethod):
     (:func:`adapt.descending_sgd`). Without that check, a DANN + meta-init model (PACS, 96 px, 80
     steps) adapted at its ``inner_lr`` 0.01 ended far *below* the nearest-prototype classifier it
     starts from, on sketch: 5-shot 33.7% against 57.1% for the prototype method
-    (``benchmarks/results/fewshot_sketch_96px_unguarded.md``).
+    (``benchmarks/results/accuracy/fewshot_pacs_sketch_96px_unguarded.md``).
     """
 
     name = "maml"
@@ -196,9 +196,10 @@ class ProtoMAML(FewShotMethod):
                 "train it with `dgmeta run --meta init` or pick another method (prototype, linear, finetune)",
             )
         self._featurizer()
-        hparams = self.meta.get("hparams") or {}
-        self.lr = float(hparams.get("inner_lr", self.default_lr))
-        self.steps = max(self.min_steps, int(hparams.get("inner_steps", 1)))
+        # the network file's record of its run: files written before a key existed lack it
+        trained = {"inner_lr": self.default_lr, "inner_steps": 1, **(self.meta.get("hparams") or {})}
+        self.lr = float(trained["inner_lr"])
+        self.steps = max(self.min_steps, int(trained["inner_steps"]))
 
     @property
     def needs_images(self) -> bool:

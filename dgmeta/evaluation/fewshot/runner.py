@@ -137,8 +137,7 @@ def torch_threads(count: int) -> Iterator[None]:
 
     Episode-sized work (a few dozen feature rows, or a backbone pass over ~100 small images)
     gains little from threads and loses a lot to their synchronisation when other processes
-    share the cores: on 2 busy cores, prototype episodes ran 27x and maml episodes 25x faster
-    with one thread. Embedding the whole domain (large batches) keeps the configured threads.
+    share the cores (measured on 2 busy cores: benchmarks/README.md). Embedding the whole domain (large batches) keeps the configured threads.
     """
     previous = torch.get_num_threads()
     if count != previous:

@@ -5,7 +5,7 @@ Loads every list a leave-one-domain-out sweep needs (train, val and test of each
 the first run decodes and writes the cache, the second only validates and maps it (key over
 paths/sizes/mtimes + CRC32 of the array). Speedup = cold seconds / warm seconds.
 
-    python benchmarks/decode_cache.py --data-root ../shared/data --image-size 128
+    python benchmarks/speed/decode_cache.py --data-root ../shared/data --image-size 128
 
 Writes benchmarks/results/decode_cache_<size>px.json and prints it.
 """
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "speed"
 
 
 def load_all(data_root: str, image_size: int, cache_dir: str) -> dict:
@@ -39,7 +41,7 @@ def load_all(data_root: str, image_size: int, cache_dir: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default=str(HERE.parents[1] / "shared" / "data"))
+    parser.add_argument("--data-root", default=str(HERE.parents[2] / "shared" / "data"))
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--child-cache", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -66,7 +68,7 @@ def main() -> None:
         "load_average": {r["phase"]: r["load_average"] for r in runs},
         "cpus": os.cpu_count(),
     }
-    path = HERE / "results" / f"decode_cache_{args.image_size}px.json"
+    path = RESULTS / f"decode_cache_{args.image_size}px.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

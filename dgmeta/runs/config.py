@@ -1,10 +1,16 @@
-"""The resolved configuration of a `dgmeta run`, and its hash (used to group, resume and skip runs)."""
+"""The resolved configuration of a `dgmeta run`, and its hash (used to group, resume and skip runs).
+
+One route builds it, whatever the source: :func:`build_run_config` merges a file's keys (a
+pipeline spec, or the ``config.json`` a run logged), the CLI options and ``--set``, parses every
+hyperparameter override to its declared type and checks it, so equal runs get equal hashes.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from dgmeta.device import check_precision, resolve_device
@@ -121,3 +127,53 @@ class RunConfig:
         payload.update(extra)
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolve_hparams(
+    base: str, meta: str, pinned: dict[str, Any], set_overrides: list[str], source: Path | None = None
+) -> dict[str, Any]:
+    """Only the overridden hyperparameters, each parsed to its default's type (so the config hash is stable)."""
+    from dgmeta.hparams import apply_overrides, default_hparams
+
+    defaults = default_hparams(base, meta)
+    try:
+        # str() then parse: a YAML ``lr: 1`` becomes 1.0 like the default, so equal configs hash equally
+        resolved = apply_overrides(defaults, {k: v if isinstance(v, bool) else str(v) for k, v in pinned.items()})
+    except ConfigError as exc:
+        where = f"{source}: hparams: " if source else "hparams: "
+        raise ConfigError(where + exc.message, exc.hint) from None
+    resolved = apply_overrides(resolved, list(set_overrides))
+    keys = set(pinned) | {text.split("=", 1)[0].strip() for text in set_overrides}
+    return {key: resolved[key] for key in sorted(keys)}
+
+
+def build_run_config(
+    file_keys: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    set_overrides: list[str] | None = None,
+    source: Path | None = None,
+) -> RunConfig:
+    """The validated :class:`RunConfig`: CLI ``options`` (non-None) beat ``file_keys``, ``--set``
+    beats any hyperparameter; ``source`` names the file in error messages."""
+    data = dict(file_keys or {})
+    data.update({k: v for k, v in (options or {}).items() if v is not None})
+    pinned = data.pop("hparams", None) or {}
+    config = RunConfig.from_dict(data)
+    config.hparams = resolve_hparams(config.base, config.meta, pinned, list(set_overrides or []), source)
+    return config.validate()
+
+
+#: keys ``config.json`` adds to a run's :class:`RunConfig` (see dgmeta.runs.artifacts)
+LOGGED_ONLY = ("target", "seed", "hparams_resolved")
+
+
+def is_logged_config(data: dict[str, Any]) -> bool:
+    return "hparams_resolved" in data
+
+
+def logged_run_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """The RunConfig keys of a logged ``config.json``: its one (target, seed) job, under the protocol
+    it ran with, never resuming the run that wrote it."""
+    keys = {k: v for k, v in data.items() if k not in LOGGED_ONLY}
+    keys.update(targets=[data["target"]], seeds=[data["seed"]], resume=None)
+    return keys

@@ -8,8 +8,8 @@ meta-test images at the same point (no inner step): if the last one is about as 
 meta-gradient, the meta-gradient's size is small-batch noise rather than signal. Also the cosine
 between each and the base gradient. Means over ``--batches`` batches.
 
-    python benchmarks/meta_gradient_scale.py --target art_painting --base dann --batches 8 \
-        --out benchmarks/results/meta_gradient_scale_dann_art.json
+    python benchmarks/accuracy/meta_gradient_scale.py --target art_painting --base dann --batches 8 \
+        --out benchmarks/results/accuracy/meta_gradient_scale_dann_art.json
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "accuracy"
 
 
 def main() -> None:
@@ -36,16 +38,17 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--fractions", default="0.5,1.0", help="meta_batch_fraction values")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
-    parser.add_argument("--data-root", default=str(HERE.parents[1] / "shared" / "data"))
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "meta_gradient_scale.json")
+    parser.add_argument("--data-root", default=str(HERE.parents[2] / "shared" / "data"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "meta_gradient_scale.json")
     args = parser.parse_args()
 
     from dgmeta.data import InfiniteBatches, create_dataset, labels_of, load_images
     from dgmeta.evaluation.accuracy import to_float_images
     from dgmeta.hparams import default_hparams
     from dgmeta.learners import Batch, LearnerContext, create_learner
+    from dgmeta.meta import create_stepper
     from dgmeta.models import create_network
-    from dgmeta.training.experiment import make_stepper, seed_everything
+    from dgmeta.runs.job import seed_everything
 
     seed_everything(0)
     dataset = create_dataset("pacs", args.data_root)
@@ -64,7 +67,7 @@ def main() -> None:
     hparams = default_hparams(args.base, "init")
     network = create_network(args.backbone, len(dataset.classes), weights="imagenet")
     learner = create_learner(args.base, network, LearnerContext(len(dataset.classes), len(sources), args.protocol, 1000), hparams)
-    stepper = make_stepper("init", learner, hparams, 1000, len(sources), 0)
+    stepper = create_stepper("init", learner, hparams, 1000, len(sources), 0)
     learner.train()
     first_stage = learner.stage_parameter_names(stepper.stages[0])
     params = dict(learner.named_parameters())
@@ -88,7 +91,7 @@ def main() -> None:
         for fraction in fractions:
             stepper.hparams["meta_batch_fraction"] = fraction
             episode = stepper.next_episode(batch)
-            grads = stepper.init_term.meta_gradient(learner, episode, 0.0).grads
+            grads = stepper.term("init").meta_gradient(learner, episode, 0.0, stepper.step_sizes()).grads
             meta = torch.cat([grads[name].flatten() for name in first_stage])
             plain = gradient_of(F.cross_entropy(learner(episode.meta_test.x), episode.meta_test.y))
             record(f"meta_fraction_{fraction}", float(meta.norm()))

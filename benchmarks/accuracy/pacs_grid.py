@@ -4,14 +4,14 @@ Prints and writes a Markdown table of test_acc per target and mean (with 95% CI 
 there are several), the paired difference of each meta mode against `--meta none` for the same
 (base, protocol, target, seed), and the wall time of each configuration relative to its base.
 
-    python benchmarks/pacs_grid.py --runs erm:none:dg,dann:none:msda --targets art_painting,cartoon,photo,sketch \
+    python benchmarks/accuracy/pacs_grid.py --runs erm:none:dg,dann:none:msda --targets art_painting,cartoon,photo,sketch \
         --seeds 0 --steps 150 --image-size 96 --out benchmarks/results/learners.md
 
 An ablation of a meta mode can reuse the `--meta none` runs of an earlier grid (same budget, targets and
 seeds) as its paired reference instead of re-running them:
 
-    python benchmarks/pacs_grid.py --runs dann:init:msda --set meta_weight=0.3 \
-        --baseline benchmarks/results/meta_dann_96px.json ... --out benchmarks/results/meta_dann_96px_weight0.3.md
+    python benchmarks/accuracy/pacs_grid.py --runs dann:init:msda --set meta_weight=0.3 \
+        --baseline benchmarks/results/accuracy/pacs_grid_meta_dann_96px.json ... --out benchmarks/results/accuracy/pacs_grid_meta_dann_96px_weight0.3.md
 """
 
 from __future__ import annotations
@@ -19,12 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from dgmeta.process import tune_process
+
+# an entry point: passive OpenMP waiting before anything loads torch (benchmarks/README.md, "Shared CPUs")
+tune_process(sys.argv[1:])
+
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "accuracy"
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -45,17 +53,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
-    parser.add_argument("--data-root", default=str(HERE.parents[1] / "shared" / "data"))
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{HERE / 'results' / 'mlruns.db'}")
+    parser.add_argument("--data-root", default=str(HERE.parents[2] / "shared" / "data"))
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{RESULTS / 'mlruns.db'}")
     parser.add_argument("--experiment", default="benchmarks-grid")
     parser.add_argument("--set", action="append", default=[], help="hyperparameter override key=value")
-    parser.add_argument("--out", default=str(HERE / "results" / "grid.md"))
+    parser.add_argument("--out", default=str(RESULTS / "pacs_grid.md"))
     parser.add_argument("--baseline", type=Path, default=None,
                         help="an earlier grid's JSON whose meta=none rows serve as the paired reference")
     args = parser.parse_args()
 
-    from dgmeta.config import RunConfig
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.config import RunConfig
+    from dgmeta.runs.experiment import run_experiment
 
     targets = args.targets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

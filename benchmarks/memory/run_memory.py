@@ -8,13 +8,13 @@ MLflow run. RSS counts resident pages of the memory-mapped image cache too (file
 reclaimable by the OS, but they are in the number).
 
     # full PACS (all 4 domains decoded and cached), default settings, one target
-    python benchmarks/run_memory.py pacs --data-root ../shared/data --target art_painting --steps 30
+    python benchmarks/memory/run_memory.py pacs --data-root ../shared/data --target art_painting --steps 30
     # DomainNet layout: 3 domains x (200k train + 5k test) list entries (~600k, DomainNet's size);
     # lists over 50k images stream (train: 180k), the rest (val: 20k, test) use the disk cache
-    python benchmarks/run_memory.py domainnet-layout --entries 200000 --image-size 64 --steps 20
+    python benchmarks/memory/run_memory.py domainnet-layout --entries 200000 --image-size 64 --steps 20
 
     # a meta mode (peak memory of MetaDA / Feature-Critic steps)
-    python benchmarks/run_memory.py pacs --steps 6 --out benchmarks/results/run_memory_pacs_init.json --extra --meta init
+    python benchmarks/memory/run_memory.py pacs --steps 6 --out benchmarks/results/memory/run_memory_pacs_init.json --extra --meta init
 
 Writes benchmarks/results/run_memory_<dataset>.json (or --out) and prints it.
 """
@@ -29,7 +29,9 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "memory"
+sys.path.insert(0, str(HERE.parent / "tools"))
 
 from _dgmeta_run import load_average, run_dgmeta  # noqa: E402
 
@@ -37,7 +39,7 @@ from _dgmeta_run import load_average, run_dgmeta  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=("pacs", "domainnet-layout"))
-    parser.add_argument("--data-root", default=str(HERE.parents[1] / "shared" / "data"))
+    parser.add_argument("--data-root", default=str(HERE.parents[2] / "shared" / "data"))
     parser.add_argument("--target", default=None, help="default: art_painting (pacs), sketch (domainnet-layout)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--image-size", type=int, default=128)
@@ -78,7 +80,7 @@ def main() -> None:
         "load_average_before": load_before, "load_average_after": load_average(), "cpus": os.cpu_count(),
     }
     suffix = "" if args.cache == "auto" else f"_{args.cache}"
-    path = args.out or HERE / "results" / f"run_memory_{args.dataset}{suffix}.json"
+    path = args.out or RESULTS / f"run_memory_{args.dataset}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

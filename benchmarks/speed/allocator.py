@@ -7,8 +7,8 @@ kernel CPU seconds. Children run in pairs (lean, fast; the order alternates betw
 both sides of a ratio share the machine's load; reported: medians over pairs of each mode's median
 step, the median per-pair ratio, and faults / system seconds per step.
 
-    python benchmarks/allocator.py                       # ERM, 3 pairs of 4 steps
-    python benchmarks/allocator.py --config "init order 2" --pairs 2
+    python benchmarks/speed/allocator.py                       # ERM, 3 pairs of 4 steps
+    python benchmarks/speed/allocator.py --config "init order 2" --pairs 2
 
 Writes benchmarks/results/allocator[_<config>].json and prints it.
 """
@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "speed"
 
 
 def child(mode: str, config: str, steps: int, image_size: int, batch: int) -> dict:
@@ -97,7 +99,7 @@ def main() -> None:
         "runs": runs,
     }
     suffix = "" if args.config == "erm" else "_" + args.config.replace(" ", "_").replace("+", "_")
-    out = args.out or HERE / "results" / f"allocator{suffix}.json"
+    out = args.out or RESULTS / f"allocator{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2))

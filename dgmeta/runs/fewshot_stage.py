@@ -3,7 +3,7 @@ with N-way K-shot episodes on its held-out target domain and the numbers go to i
 
 from __future__ import annotations
 
-from dgmeta.config import RunConfig
+from dgmeta.runs.config import RunConfig
 
 
 def fewshot_stage(config: RunConfig, plan, result, options: dict | None = None) -> list:

@@ -2,6 +2,9 @@
 
 ``fcntl.flock`` (non-blocking): the kernel drops the lock when the holder exits, even on a
 crash or ``kill -9``, so a stale lock file never blocks the next scheduled run.
+
+Kept rather than ``filelock``: where the filesystem lacks flock, filelock falls back to a soft lock
+(a file that outlives a killed holder and blocks every later run); this lock fails instead.
 """
 
 from __future__ import annotations

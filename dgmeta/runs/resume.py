@@ -108,7 +108,7 @@ def _children(client, parent) -> dict[tuple[str, int], Any]:
 
 
 def _first_difference(stored: dict[str, str], expected: dict[str, object]) -> str:
-    from dgmeta.config import _NOT_HASHED
+    from dgmeta.runs.config import _NOT_HASHED
 
     for key, value in expected.items():
         if key in _NOT_HASHED or key not in stored or stored[key] == str(value)[:6000]:

@@ -9,9 +9,9 @@ Three measurements, one process each where it matters:
 3. Evaluation (no gradients) at 256 vs ``EVAL_BATCH_SIZE`` images per batch: images/s in
    alternating rounds, and the peak RSS of a child process that only evaluates.
 
-    python benchmarks/activation_memory.py            # 96 images, 128 px, 6 rounds
+    python benchmarks/memory/activation_memory.py            # 96 images, 128 px, 6 rounds
 
-Writes benchmarks/results/activation_memory.json and prints it.
+Writes benchmarks/results/memory/activation_memory.json and prints it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "memory"
+sys.path.insert(0, str(HERE.parents[1]))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -88,7 +90,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=96)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "activation_memory.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "activation_memory.json")
     args = parser.parse_args()
     from dgmeta.evaluation.accuracy import EVAL_BATCH_SIZE
 
@@ -126,7 +128,7 @@ def main() -> None:
     evaluate(EVAL_BATCH_SIZE), evaluate(256)
     eval_ratios = [evaluate(EVAL_BATCH_SIZE) / evaluate(256) for _ in range(max(2, args.rounds // 2))]
     eval_rss = {
-        batch: round(float(subprocess.run([sys.executable, "-c", EVAL_CHILD, str(batch), str(s)], capture_output=True, text=True, check=True, cwd=HERE.parent).stdout), 3)
+        batch: round(float(subprocess.run([sys.executable, "-c", EVAL_CHILD, str(batch), str(s)], capture_output=True, text=True, check=True, cwd=HERE.parents[1]).stdout), 3)
         for batch in (256, EVAL_BATCH_SIZE)
     }
     report = {

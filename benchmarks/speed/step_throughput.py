@@ -14,12 +14,12 @@ minutes) compiles the featurizer with ``torch.compile``, compile time excluded (
 ``...@pytorch-double-backward`` (only when asked for) runs a meta mode without
 ``dgmeta.meta.double_backward``, i.e. on PyTorch's own second derivatives, for a before/after.
 
-    python benchmarks/step_throughput.py                 # tf_efficientnet_lite0, 128 px, batch 96
-    python benchmarks/step_throughput.py --quick         # 64 px, batch 24, 3 rounds: a smoke run
-    python benchmarks/step_throughput.py --configs erm,erm@compile --rounds 8
-    python benchmarks/step_throughput.py --configs dann,dann+init,dann+critic,mcd,mcd+init,mcd+critic,jigen,jigen+init,jigen+critic
-    python benchmarks/step_throughput.py --configs "dann,dann+init order 2,mcd,mcd+init order 2,jigen,jigen+init order 2"
-    python benchmarks/step_throughput.py --configs "erm,init order 2,init order 2@pytorch-double-backward,critic,critic@pytorch-double-backward"
+    python benchmarks/speed/step_throughput.py                 # tf_efficientnet_lite0, 128 px, batch 96
+    python benchmarks/speed/step_throughput.py --quick         # 64 px, batch 24, 3 rounds: a smoke run
+    python benchmarks/speed/step_throughput.py --configs erm,erm@compile --rounds 8
+    python benchmarks/speed/step_throughput.py --configs dann,dann+init,dann+critic,mcd,mcd+init,mcd+critic,jigen,jigen+init,jigen+critic
+    python benchmarks/speed/step_throughput.py --configs "dann,dann+init order 2,mcd,mcd+init order 2,jigen,jigen+init order 2"
+    python benchmarks/speed/step_throughput.py --configs "erm,init order 2,init order 2@pytorch-double-backward,critic,critic@pytorch-double-backward"
 
 Writes benchmarks/results/step_throughput[_quick].json and prints it.
 """
@@ -35,10 +35,12 @@ import sys
 import time
 from pathlib import Path
 
-# dgmeta before torch: it sets OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise, and
-# OpenMP reads it once, when torch loads it -- so this measures what `dgmeta run` gets
-# (OMP_WAIT_POLICY=ACTIVE python benchmarks/step_throughput.py measures spinning threads instead)
-import dgmeta  # noqa: E402,F401
+# the entry point's tuning before torch: OMP_WAIT_POLICY=PASSIVE unless the environment says
+# otherwise, and OpenMP reads it once, when torch loads it -- so this measures what `dgmeta run`
+# gets (OMP_WAIT_POLICY=ACTIVE python benchmarks/speed/step_throughput.py measures spinning threads instead)
+from dgmeta.process import tune_process  # noqa: E402
+
+tune_process(sys.argv[1:])
 
 OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 
@@ -47,6 +49,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "speed"
 #: name -> (base, meta, hparam overrides, variant)
 CONFIGS = {
     "erm": ("erm", "none", {}, ""),
@@ -90,8 +94,8 @@ def build_step(name: str, args, batch, sources_uint8):
     from dgmeta.evaluation.accuracy import precision_context, to_float_images
     from dgmeta.hparams import apply_overrides, default_hparams
     from dgmeta.learners import Batch, LearnerContext, create_learner
+    from dgmeta.meta import create_stepper
     from dgmeta.models import create_network
-    from dgmeta.training.experiment import make_stepper
 
     base, meta, overrides, variant = CONFIGS[name]
     protocol = "msda" if base in ("dann", "mcd") else "dg"
@@ -100,7 +104,7 @@ def build_step(name: str, args, batch, sources_uint8):
     learner = create_learner(base, network, LearnerContext(args.classes, 3, protocol, 10_000), hparams)
     if variant == "compile":
         learner.featurizer.compile()  # in place: parameter names (checkpoints) unchanged
-    stepper = make_stepper(meta, learner, hparams, 10_000, 3, 0)
+    stepper = create_stepper(meta, learner, hparams, 10_000, 3, 0)
     step_batch = batch if protocol == "msda" else Batch(batch.x, batch.y, batch.domain, None)
     precision = "bf16" if variant == "bf16" else "fp32"
     generator = torch.Generator().manual_seed(0)
@@ -238,7 +242,7 @@ def main() -> None:
         "seconds_per_step_all": {k: [round(t, 3) for t in v] for k, v in timings.items()},
         "warmup_seconds": warmup_seconds,
     }
-    out = args.out or HERE / "results" / f"step_throughput{'_quick' if args.quick else ''}.json"
+    out = args.out or RESULTS / f"step_throughput{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -3,9 +3,9 @@
 Same command, same seed, only ``--precision`` differs (bf16 = CPU autocast: convolutions and
 matmuls in bfloat16, weights, optimizer and loss in fp32). The two runs go one after the other,
 so their images/s are exposed to different machine load; the load-independent speed ratio is the
-``erm@bf16`` row of benchmarks/step_throughput.py (alternated within one process).
+``erm@bf16`` row of benchmarks/speed/step_throughput.py (alternated within one process).
 
-    python benchmarks/precision.py --data-root ../shared/data --target photo --steps 120
+    python benchmarks/speed/precision.py --data-root ../shared/data --target photo --steps 120
 
 Writes benchmarks/results/precision_<target>.json and prints it.
 """
@@ -20,14 +20,16 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "speed"
+sys.path.insert(0, str(HERE.parent / "tools"))
 
 from _dgmeta_run import load_average, run_dgmeta  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default=str(HERE.parents[1] / "shared" / "data"))
+    parser.add_argument("--data-root", default=str(HERE.parents[2] / "shared" / "data"))
     parser.add_argument("--target", default="photo")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--image-size", type=int, default=128)
@@ -67,7 +69,7 @@ def main() -> None:
             bf16["train_images_per_second"] / fp32["train_images_per_second"], 3
         ),
     }
-    path = HERE / "results" / f"precision_{args.target}.json"
+    path = RESULTS / f"precision_{args.target}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

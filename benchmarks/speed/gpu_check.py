@@ -1,11 +1,11 @@
-"""The PACS part of benchmarks/gpu_check.sh: ERM, DANN and DANN + ``--meta init`` on one target,
+"""The PACS part of benchmarks/speed/gpu_check.sh: ERM, DANN and DANN + ``--meta init`` on one target,
 then a bare timm step of the same backbone and batch, all into one JSON.
 
 Runs without mlflow (the GPU machine has none): it drives the same pieces ``dgmeta run`` does
 (``resolve_plan``, ``prepare_job_data``, the learner, its stepper, ``BatchSource`` and
 ``Trainer``) with no tracking layer, on the data and weights ``scripts/pack_gpu_check.py`` packed.
 
-    python benchmarks/gpu_check.py --pack gpu_pack --out $OUT/gpu_check.json [--steps 2000]
+    python benchmarks/speed/gpu_check.py --pack gpu_pack --out $OUT/gpu_check.json [--steps 2000]
 
 Environment overrides for a quick run on a CPU: GPU_CHECK_STEPS, GPU_CHECK_BATCH, GPU_CHECK_EVAL_EVERY,
 GPU_CHECK_BARE_STEPS, GPU_CHECK_DEVICE.
@@ -22,7 +22,7 @@ import time
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
@@ -45,15 +45,16 @@ def synchronize(device: torch.device) -> None:
 
 
 def train_one(base: str, meta: str, args, data_root: Path, weights: Path) -> dict:
-    from dgmeta.config import RunConfig
     from dgmeta.device import configure_device, grad_scaler, resolve_device
     from dgmeta.learners import LearnerContext, create_learner
-    from dgmeta.meta import total_calls
+    from dgmeta.meta import create_stepper, total_calls
     from dgmeta.models import create_network
     from dgmeta.models.freezing import freeze_early_levels
+    from dgmeta.runs.config import RunConfig
+    from dgmeta.runs.job import seed_everything
+    from dgmeta.runs.plan import resolve_plan
     from dgmeta.training.averaging import create_averager
     from dgmeta.training.data import prepare_job_data
-    from dgmeta.training.experiment import make_stepper, resolve_plan, seed_everything
     from dgmeta.training.trainer import BatchSource, Trainer
 
     config = RunConfig(
@@ -68,13 +69,13 @@ def train_one(base: str, meta: str, args, data_root: Path, weights: Path) -> dic
     started = time.perf_counter()
     data = prepare_job_data(plan.dataset, args.target, plan.protocol, config.image_size, config.cache_dir, config.shots, 0, False, config.cache)
     prepare_seconds = time.perf_counter() - started
-    network = create_network(config.backbone, len(plan.dataset.classes), config.weights, float(plan.hparams.get("dropout", 0.0)), config.channels_last)
+    network = create_network(config.backbone, len(plan.dataset.classes), config.weights, float(plan.hparams["dropout"]), config.channels_last)
     freeze_early_levels(network.featurizer.body, int(plan.hparams["freeze_levels"]))
     context = LearnerContext(len(plan.dataset.classes), len(data.sources), plan.protocol, config.steps)
     learner = create_learner(base, network, context, plan.hparams).to(device)
-    stepper = make_stepper(meta, learner, plan.hparams, config.steps, len(data.sources), 0)
+    stepper = create_stepper(meta, learner, plan.hparams, config.steps, len(data.sources), 0)
     stepper.scaler = grad_scaler(config.precision, device)
-    batches = BatchSource(data, config.batch_size, 0, augment=plan.hparams.get("augment", "standard") != "none", train_size=config.effective_train_size, device=device)
+    batches = BatchSource(data, config.batch_size, 0, augment=plan.hparams["augment"] != "none", train_size=config.effective_train_size, device=device)
     trainer = Trainer(
         learner, stepper, data, batches, total_calls(stepper), config.eval_every, config.precision, progress=False,
         averager=create_averager(config.average, plan.hparams), test_every_eval=False, recompute_bn=not plan.hparams["freeze_bn"],

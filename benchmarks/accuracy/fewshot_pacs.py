@@ -6,8 +6,8 @@ finetune on the held-out domain, and MAML from the meta-learned initialization o
 `--maml-episodes` of the same episodes (it re-runs the backbone per episode). Writes a Markdown table
 and its JSON, and logs each few-shot report to the training run in MLflow.
 
-    python benchmarks/fewshot_pacs.py --domain sketch --steps 80 --image-size 96 --batch-size 16 \
-        --out benchmarks/results/fewshot_sketch_96px.md
+    python benchmarks/accuracy/fewshot_pacs.py --domain sketch --steps 80 --image-size 96 --batch-size 16 \
+        --out benchmarks/results/accuracy/fewshot_pacs_sketch_96px.md
 
 `--reuse EARLIER.json` evaluates the models an earlier result of this script trained (same budget,
 same tracking store) instead of training them again, e.g. after a change to the few-shot methods.
@@ -17,10 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+from dgmeta.process import tune_process
+
+# an entry point: passive OpenMP waiting before anything loads torch (benchmarks/README.md, "Shared CPUs")
+tune_process(sys.argv[1:])
+
 HERE = Path(__file__).resolve().parent
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "accuracy"
 
 MODELS = {"ERM": ("erm", "none"), "DANN + meta init": ("dann", "init")}
 
@@ -38,22 +46,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
-    parser.add_argument("--data-root", default=str(HERE.parents[1] / "shared" / "data"))
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{HERE / 'results' / 'fewshot.db'}")
+    parser.add_argument("--data-root", default=str(HERE.parents[2] / "shared" / "data"))
+    parser.add_argument("--tracking-uri", default=f"sqlite:///{RESULTS / 'fewshot.db'}")
     parser.add_argument("--experiment", default="benchmarks-fewshot")
-    parser.add_argument("--out", default=str(HERE / "results" / "fewshot.md"))
+    parser.add_argument("--out", default=str(RESULTS / "fewshot_pacs.md"))
     parser.add_argument("--reuse", type=Path, default=None, help="an earlier result JSON whose trained runs to evaluate")
     args = parser.parse_args()
     reused = reused_runs(args.reuse, args) if args.reuse else {}
 
     import mlflow
 
-    from dgmeta.config import RunConfig
     from dgmeta.data import create_dataset, labels_of, load_images
     from dgmeta.evaluation.fewshot import log_fewshot, run_fewshot
     from dgmeta.evaluation.fewshot.sampler import parse_ways
     from dgmeta.models.checkpoint import load_network
-    from dgmeta.training.experiment import run_experiment
+    from dgmeta.runs.config import RunConfig
+    from dgmeta.runs.experiment import run_experiment
 
     dataset = create_dataset("pacs", args.data_root)
     samples = dataset.samples(args.domain, "test")

@@ -9,9 +9,9 @@ calls, and the share of profiled CPU time under batch norm's double backward and
 ``aten::_convolution_double_backward`` (every convolution's; the grouped ones loop over groups);
 and the fast meta-gradient's time by phase, next to a plain forward/backward of the meta-train batch.
 
-    python benchmarks/double_backward_profile.py
+    python benchmarks/speed/double_backward_profile.py
 
-Writes benchmarks/results/double_backward_profile.json and prints it.
+Writes benchmarks/results/speed/double_backward_profile.json and prints it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+#: benchmarks/results/<group>/<script>[_<variant>].<ext> (benchmarks/README.md, "Results")
+RESULTS = HERE.parent / "results" / "speed"
+sys.path.insert(0, str(HERE.parents[1]))
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
@@ -37,7 +39,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=32)
     parser.add_argument("--test", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds, each running both variants")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "double_backward_profile.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "double_backward_profile.json")
     args = parser.parse_args()
 
     import dgmeta.meta.gradient as gradient

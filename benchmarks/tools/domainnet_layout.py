@@ -3,9 +3,9 @@
 Real DomainNet has 586k images; what matters for memory is how many *entries* the lists hold,
 not how many distinct files there are, so each list names a pool of ``pool_per_class`` files
 per class over and over (``entries`` lines in every ``<domain>_train.txt``, a tenth of that in
-``<domain>_test.txt``). Used by tests/test_streaming.py and benchmarks/run_memory.py.
+``<domain>_test.txt``). Used by tests/test_streaming.py and benchmarks/memory/run_memory.py.
 
-    python benchmarks/domainnet_layout.py /tmp/dn --entries 100000
+    python benchmarks/tools/domainnet_layout.py /tmp/dn --entries 100000
     dgmeta run domainnet --data-root /tmp/dn --cache stream ...
 """
 
