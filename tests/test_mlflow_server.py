@@ -119,8 +119,11 @@ def test_real_pipeline_through_the_server(mlflow_server, tmp_path, capsys, monke
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert report.read_text().startswith("<!DOCTYPE html>")
-    compare_runs = client.search_runs([child.info.experiment_id], "tags.`dgmeta.role` = 'compare'")
-    assert len(compare_runs) == 1
+    # the run MLflow Projects opened is the compare run, in the project's experiment
+    projects = client.get_experiment_by_name("projects").experiment_id
+    (compare_run,) = client.search_runs([projects], "tags.`dgmeta.role` = 'compare'")
+    assert compare_run.data.tags["mlflow.project.entryPoint"] == "compare" and compare_run.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(compare_run.info.run_id, "compare")} >= {"compare/report.html"}
 
 
 def test_start_script_runs_the_documented_server_command(tmp_path):

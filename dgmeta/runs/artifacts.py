@@ -85,6 +85,7 @@ def finished_result(tracking, run, target: str, seed: int) -> RunResult:
 def log_artifacts(child, config, plan, learner, data, outcome, target, seed, per_domain) -> Path:
     from dgmeta.models.checkpoint import save_network
     from dgmeta.models.network import DomainNetwork
+    from dgmeta.tracking.mlflow_model import log_network_model
 
     out = Path(tempfile.mkdtemp(prefix="dgmeta-run-"))
     child.log_text(json.dumps({**config.to_dict(), "protocol": plan.protocol, "target": target, "seed": seed, "hparams_resolved": plan.hparams}, indent=2, default=str), "config.json")
@@ -127,7 +128,7 @@ def log_artifacts(child, config, plan, learner, data, outcome, target, seed, per
         "hparams": dict(plan.hparams),
     }
     model_path = save_network(out / "network.pt", network, meta)
-    child.log_artifact(model_path, "model")
+    model_path = log_network_model(child, model_path, network, meta, data.test.images)
     _log_plots(child, out, learner, data, outcome, target, per_domain, config, plan)
     return model_path
 

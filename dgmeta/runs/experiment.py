@@ -40,7 +40,7 @@ def run_experiment(config: RunConfig, plan: ResolvedPlan | None = None) -> Exper
     from contextlib import ExitStack
 
     from dgmeta.runs.resume import find_resume_point, missing_params, reopen
-    from dgmeta.tracking.mlflow_run import Tracking
+    from dgmeta.tracking.mlflow_run import Tracking, log_dataset_input
     from dgmeta.training.allocator import configure_allocator
     from dgmeta.training.checkpointing import RunFolder, ensure_writable_folder, runs_root
     from dgmeta.training.distributed import setup
@@ -74,6 +74,7 @@ def run_experiment(config: RunConfig, plan: ResolvedPlan | None = None) -> Exper
             parent = reopen(tracking, resume.parent)
         result = ExperimentResult(parent.run_id, config, plan.protocol)
         try:
+            log_dataset_input(parent, plan.dataset)  # a resumed run already has it: MLflow keeps one
             parent.log_params(missing_params(resume.parent if resume else None, params))
             for target in plan.targets:
                 for seed in config.seeds:

@@ -36,6 +36,7 @@ def run_job(
     from dgmeta.training.distributed import current
     from dgmeta.training.signals import RunInterrupted
     from dgmeta.training.trainer import BatchSource, Trainer
+    from dgmeta.tracking.mlflow_run import log_dataset_input, training_curves
 
     if existing is not None and existing.info.status == "FINISHED":
         return finished_result(tracking, existing, target, seed)
@@ -49,6 +50,7 @@ def run_job(
     if folder is not None:
         checkpoint = folder.job(target, seed, {"config_hash": config_hash, "backbone": config.backbone, "target": target, "seed": seed})
     try:
+        log_dataset_input(child, dataset, target=target)
         from dgmeta.device import configure_device, grad_scaler, resolve_device
 
         seed_everything(seed, config.deterministic)
@@ -81,7 +83,7 @@ def run_job(
         batches = BatchSource(data, config.batch_size, seed, augment=plan.hparams["augment"] != "none", dist=dist, train_size=config.effective_train_size, device=device)
         trainer = Trainer(
             learner, stepper, data, batches, total_calls(stepper), config.eval_every, config.precision,
-            on_metrics=child.log_metrics, progress=not config.quiet and dist.is_main,
+            on_metrics=training_curves(child), progress=not config.quiet and dist.is_main,
             description=f"{config.base}+{config.meta} → {target} s{seed}",
             evaluate_fn=dist.evaluate if dist.enabled else None,
             checkpoint_every=config.checkpoint_every,

@@ -1,8 +1,10 @@
 """The MLflow model registry: versions of a trained network, with the evidence they were judged on.
 
-A version's source is ``runs:/<run_id>/model`` (the run's plain ``model/network.pt`` artifact,
-registered with ``MlflowClient.create_model_version``: MLflow's ``register_model`` insists on
-an MLflow-flavoured logged model, which a dgmeta network is not). Its tags say what it scored
+A version's source is ``runs:/<run_id>/model``: the MLflow model every run logs
+(``dgmeta.tracking.mlflow_model``), so ``mlflow.pytorch.load_model("models:/NAME@champion")``,
+``mlflow.pyfunc.load_model`` and ``mlflow models serve`` take a version as it is, and the same
+folder's ``network.pt`` serves dgmeta's own loader. Registering points at the run's artifact; it
+never uploads the network again. Its tags say what it scored
 and on what: ``test_acc`` (mean over the evaluated (target, seed) runs, a fraction),
 ``config_hash``, ``data_fingerprint``, ``protocol``, ``targets``, ``seeds`` and ``run_ids``.
 Aliases ``champion`` (the version in use) and ``challenger`` (the latest candidate that did not
@@ -26,6 +28,12 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
 NETWORK_FILE = "network.pt"
+REGISTERED_MODEL_DESCRIPTION = (
+    "dgmeta image classifier. Input: uint8 RGB images, NCHW, at the run's test resolution (the version's signature); "
+    "output: class probabilities (class names in the MLmodel metadata). "
+    "Load with mlflow.pytorch.load_model / mlflow.pyfunc.load_model('models:/NAME@champion'), serve with "
+    "`mlflow models serve -m models:/NAME@champion`; model/network.pt is the same network for dgmeta's own tools."
+)
 
 
 @dataclass
@@ -106,7 +114,7 @@ def _ensure_model(client, name: str) -> None:
         client.get_registered_model(name)
     except MlflowException:
         try:
-            client.create_registered_model(name, description="dgmeta network (model/network.pt, load with dgmeta.models.checkpoint.load_network)")
+            client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
         except MlflowException as exc:  # a concurrent registration created it first
             if "already exists" not in str(exc).lower():
                 raise
@@ -127,11 +135,30 @@ def register_run(run_id: str, model_name: str, tags: dict[str, str] | None = Non
     version_tags.update(tags or {})
     _ensure_model(client, model_name)
     version = client.create_model_version(
-        model_name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags={k: str(v) for k, v in version_tags.items()}
+        model_name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags={k: str(v) for k, v in version_tags.items()},
+        description=_version_description(client, run_id) if "MLmodel" in names else None,
     )
     if alias:
         client.set_registered_model_alias(model_name, alias, version.version)
     return version
+
+
+def _version_description(client, run_id: str) -> str | None:
+    """What a client sends and gets back, from the run's MLmodel metadata (shown on the version's page)."""
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as folder:
+        meta = yaml.safe_load(open(client.download_artifacts(run_id, f"{MODEL_ARTIFACT}/MLmodel", folder))).get("metadata") or {}
+    if "image_size" not in meta:
+        return None
+    size, classes = meta["image_size"], meta.get("classes", [])
+    return (
+        f"Input: uint8 RGB images, NCHW, {size}x{size} pixels (values 0..255). "
+        f"Output: probabilities of the {len(classes)} classes {', '.join(classes)} (in this order). "
+        f"Trained on {meta.get('dataset', '?')} with target domain {meta.get('target', '?')} held out."
+    )
 
 
 def register_evaluation(evaluation: Evaluation, model_name: str, alias: str | None = None, extra_tags: dict[str, str] | None = None, client=None):
