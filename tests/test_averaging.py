@@ -105,7 +105,7 @@ def test_frozen_levels_do_not_change_and_the_rest_trains():
     assert not any(n.startswith("layer2.") for n in frozen)
     before = {n: p.detach().clone() for n, p in body.named_parameters()}
     head = nn.Linear(body.num_features, 2)
-    opt = make_optimizer("adam", [{"params": [p for p in list(body.parameters()) + list(head.parameters()) if p.requires_grad]}], 1e-2, {})
+    opt = make_optimizer("adam", [{"params": [p for p in list(body.parameters()) + list(head.parameters()) if p.requires_grad]}], 1e-2, {"weight_decay": 0.0})
     body.train()
     batchnorm_eval(body)
     stats_before = {n: b.clone() for n, b in body.named_buffers()}
@@ -136,7 +136,7 @@ def test_training_batches_have_the_training_resolution():
 
 def test_optimizer_choice():
     params = [nn.Parameter(torch.zeros(2))]
-    assert isinstance(make_optimizer("adam", [{"params": params}], 1e-3, {}), torch.optim.AdamW)
-    assert isinstance(make_optimizer("sgd", [{"params": params}], 1e-3, {"momentum": 0.9}), torch.optim.SGD)
+    assert isinstance(make_optimizer("adam", [{"params": params}], 1e-3, {"weight_decay": 0.0}), torch.optim.AdamW)
+    assert isinstance(make_optimizer("sgd", [{"params": params}], 1e-3, {"momentum": 0.9, "weight_decay": 0.0}), torch.optim.SGD)
     with pytest.raises(ConfigError):
         make_optimizer("lion", [{"params": params}], 1e-3, {})

@@ -28,13 +28,13 @@ OPTIMIZERS = ("adam", "sgd")
 def make_optimizer(name: str, groups: list[dict], lr: float, hparams: dict) -> torch.optim.Optimizer:
     """``adam`` (DomainBed's choice for fine-tuning a pretrained backbone; ``weight_decay`` as
     decoupled AdamW decay) or ``sgd`` (Nesterov momentum)."""
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}", f"use --set optimizer={' or optimizer='.join(OPTIMIZERS)}")
     weight_decay = float(hparams["weight_decay"])
     if name == "adam":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        momentum = float(hparams["momentum"])
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
-    raise ConfigError(f"unknown optimizer {name!r}", f"use --set optimizer={' or optimizer='.join(OPTIMIZERS)}")
+    momentum = float(hparams["momentum"])
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
 
 
 def learning_rate_factor(schedule: str, progress: float, step: int, warmup_steps: int) -> float:
