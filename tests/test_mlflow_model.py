@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,6 +23,7 @@ from dgmeta.runs.config import RunConfig
 from dgmeta.tracking.mlflow_model import ImageClassifier, log_network_model
 from dgmeta.tracking.model_registry import register_run
 from tests.helpers import make_folder_dataset
+from tests.local_server import free_port, local_server
 
 SERVE_TIMEOUT = 180  # seconds until /ping answers; the server imports MLflow and torch on a busy machine
 MODEL = "toy-dg"
@@ -204,12 +202,6 @@ def test_export_failure_keeps_network_pt_and_says_why(tmp_path, monkeypatch, cap
     assert "no MLflow model" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(url: str, payload: dict) -> dict:
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
@@ -220,26 +212,11 @@ def _post(url: str, payload: dict) -> dict:
 def test_mlflow_models_serve_answers_with_class_probabilities(trained, tmp_path):
     uri, run_id, images, _ = trained
     expected = _dgmeta_probabilities(uri, run_id, images[:3], tmp_path)
-    port = _free_port()
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"},
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,  # own group: its workers die with it
-    )
-    try:
-        deadline = time.monotonic() + SERVE_TIMEOUT
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"`mlflow models serve` not ready (exit {server.poll()}): {(tmp_path / 'serve.log').read_text()[-2000:]}")
-            time.sleep(1)
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"}
+    with local_server(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", SERVE_TIMEOUT, cwd=tmp_path, env=env):
         answer = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": images[:3].tolist()})
         probabilities = np.asarray(answer["predictions"], dtype=np.float32)
         assert probabilities.shape == (3, 2)
@@ -247,11 +224,3 @@ def test_mlflow_models_serve_answers_with_class_probabilities(trained, tmp_path)
         with pytest.raises(urllib.error.HTTPError) as refused:  # the signature guards the resolution
             _post(f"http://127.0.0.1:{port}/invocations", {"inputs": np.zeros((1, 3, 32, 32), dtype=np.uint8).tolist()})
         assert refused.value.code == 400
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-        log.close()

@@ -8,12 +8,8 @@ import csv
 import io
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,55 +17,23 @@ from mlflow.tracking import MlflowClient
 
 from dgmeta.cli.main import main
 from tests.fake_runs import _template_store  # noqa: F401 (fixture)
+from tests.local_server import free_port, local_server
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "pipelines" / "pacs_mini_smoke.yaml"
 STARTUP_TIMEOUT = 120  # seconds; the server imports FastAPI + MLflow, slow on a busy machine
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory, _template_store):
     home = tmp_path_factory.mktemp("mlflow-server")
     shutil.copy(_template_store, home / "mlflow.db")  # schema ready: no migrations at startup
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(home / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-         "--artifacts-destination", str(home / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=home, start_new_session=True,  # own group: stop it and its workers
-    )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not _healthy(url):
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited with {server.returncode}: {(home / 'server.log').read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {STARTUP_TIMEOUT}s: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+               "--artifacts-destination", str(home / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with local_server(command, f"{url}/health", home / "server.log", STARTUP_TIMEOUT, cwd=home):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-        log.close()
 
 
 @pytest.mark.slow
