@@ -15,26 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the server helper the end-to-end tests use
+from tests.local_server import free_port, local_server  # noqa: E402
 EXPERIMENT = "pacs-mini-ui"
 MODEL = "pacs-mini-ui"
 STARTUP_TIMEOUT = 120  # seconds for `mlflow server` to answer /health on a busy machine
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def find_chromium() -> str:
@@ -91,33 +83,10 @@ def ui_mode(home: Path, experiment_id: str) -> str:
 def mlflow_server(home: Path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(home / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=home, start_new_session=True,  # own group: its workers stop with it
-    )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(home / 'server.log').read_text()[-1500:]}")
-            time.sleep(0.5)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with local_server(command, f"{url}/health", home / "server.log", STARTUP_TIMEOUT, cwd=home):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-        log.close()
 
 
 def screenshot(chromium: str, url: str, png: Path, width: int, height: int, wait_ms: int) -> None:

@@ -1,5 +1,6 @@
 """A server process on 127.0.0.1 for end-to-end tests: started in its own process group, awaited
-on a readiness URL with a bounded wait, and always stopped with all its workers."""
+on a readiness URL with a bounded wait, and always stopped with all its workers. Shared by the end-to-end tests and
+scripts/mlflow_ui_screenshots.py; plain Python, no pytest."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-
-import pytest
 
 
 def free_port() -> int:
@@ -39,9 +38,9 @@ def local_server(command: list[str], ready_url: str, log_path: Path, timeout: fl
         deadline = time.monotonic() + timeout
         while not answers(ready_url):
             if server.poll() is not None:
-                pytest.fail(f"{command[2:4]} exited with {server.returncode}: {log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"{command[2:4]} exited with {server.returncode}: {log_path.read_text()[-2000:]}")
             if time.monotonic() > deadline:
-                pytest.fail(f"{command[2:4]} not ready after {timeout}s: {log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"{command[2:4]} not ready after {timeout}s: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
         yield server
     finally:
