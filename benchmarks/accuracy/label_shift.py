@@ -1,0 +1,160 @@
+"""Why a domain-adversarial learner can lose to ERM on a target: label shift, measured.
+
+DANN aligns the *marginal* feature distributions of sources and target. When the target's class
+proportions differ from the sources', perfect marginal alignment forces target images of classes
+that are common in the target onto source regions of classes that are common in the sources
+(Zhao et al., ICML 2019, "On learning invariant representations for domain adaptation"). The
+signature is in the predictions: the adversarial model predicts the sources' frequent classes on
+the target more often than the target holds them, and more often than ERM does.
+
+This script measures that signature for finished grid runs (rows of ``recipe_grid.py`` JSONL
+files, whose ``run_id`` names the run's ``model/network.pt``): per run, the predicted class
+distribution on the target's test list, per-class accuracy and recall, next to the target's true
+class distribution and the sources' (the training lists of the other domains). It recomputes each
+run's test accuracy from the saved model and refuses to report a run whose number does not match
+its row (so what is analysed is the model that produced the table).
+
+    python benchmarks/accuracy/label_shift.py --target sketch \\
+        --rows benchmarks/results/accuracy/erm_default.jsonl benchmarks/results/accuracy/dann_msda_default.jsonl \\
+        --artifacts benchmarks/results/mlartifacts --out benchmarks/results/accuracy/label_shift_sketch.json
+
+Runs whose model file is not under ``--artifacts`` are listed as skipped, not guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def class_distribution(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(labels, minlength=num_classes) / max(1, len(labels))
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    return 0.5 * float(np.abs(p - q).sum())
+
+
+def predict(network, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    out = []
+    network.eval()
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(np.array(images[start:start + batch])).float().div_(255)
+            out.append(network(x).argmax(1).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def prediction_report(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """Accuracy, the predicted class distribution and each class's recall."""
+    recall = [float((predictions[labels == c] == c).mean()) if (labels == c).any() else None for c in range(num_classes)]
+    return {
+        "accuracy": float((predictions == labels).mean()),
+        "predicted_distribution": class_distribution(predictions, num_classes).tolist(),
+        "recall": recall,
+    }
+
+
+def find_model(artifacts: Path, run_id: str) -> Path | None:
+    for candidate in (artifacts / run_id / "artifacts" / "model" / "network.pt", artifacts / run_id / "model" / "network.pt"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_rows(paths: list[str], target: str) -> list[dict]:
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if row.get("target") == target and row.get("run_id"):
+                    rows.append(row)
+    return rows
+
+
+def markdown(report: dict) -> str:
+    classes = report["classes"]
+    lines = [
+        f"Target {report['target']}: class shares (%) of the sources' training lists, the target's test list, "
+        "and each run's predictions on it; TV = total-variation distance to the target's true shares.",
+        "",
+        "| | " + " | ".join(classes) + " | TV to target |",
+        "|---" * (len(classes) + 2) + "|",
+    ]
+
+    def row(name: str, dist: list[float]) -> str:
+        tv = total_variation(np.asarray(dist), np.asarray(report["target_distribution"]))
+        return f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in dist) + f" | {100 * tv:.1f} |"
+
+    lines.append(row("sources (train)", report["source_distribution"]))
+    lines.append(row("target (truth)", report["target_distribution"]))
+    for run in report["runs"]:
+        lines.append(row(f"{run['base']} s{run['seed']} predicted ({100 * run['accuracy']:.1f}% acc)", run["predicted_distribution"]))
+    lines += ["", "Recall per class (%):", "", "| run | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    for run in report["runs"]:
+        lines.append(f"| {run['base']} s{run['seed']} | " + " | ".join("-" if r is None else f"{100 * r:.1f}" for r in run["recall"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--rows", nargs="+", required=True, help="recipe_grid.py JSONL files")
+    parser.add_argument("--artifacts", required=True, help="the MLflow artifact folder holding <run_id>/artifacts/model/network.pt")
+    parser.add_argument("--dataset", default="pacs")
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    from dgmeta.data import create_dataset, labels_of, load_images
+    from dgmeta.models.checkpoint import load_network
+
+    dataset = create_dataset(args.dataset, args.data_root)
+    target = dataset.check_domain(args.target)
+    k = dataset.num_classes
+    test = dataset.samples(target, "test")
+    labels = labels_of(test)
+    source_labels = np.concatenate([labels_of(dataset.samples(d, "train")) for d in dataset.domains if d != target])
+    report = {
+        "dataset": args.dataset,
+        "target": target,
+        "classes": list(dataset.classes),
+        "source_distribution": class_distribution(source_labels, k).tolist(),
+        "target_distribution": class_distribution(labels, k).tolist(),
+        "runs": [],
+        "skipped": [],
+    }
+    images_by_size: dict[int, np.ndarray] = {}
+    for row in read_rows(args.rows, target):
+        model = find_model(Path(args.artifacts), row["run_id"])
+        if model is None:
+            report["skipped"].append({"run_id": row["run_id"], "base": row["base"], "seed": row["seed"], "why": "model file not found"})
+            continue
+        network, meta = load_network(model)
+        size = int(meta["image_size"])
+        if size not in images_by_size:
+            images_by_size[size] = load_images(test, size)
+        result = prediction_report(predict(network, images_by_size[size]), labels, k)
+        if abs(result["accuracy"] - float(row["test_acc"])) > 1e-3:
+            sys.exit(f"error: run {row['run_id']} recomputes to {result['accuracy']:.4f}, its row says {row['test_acc']:.4f}; "
+                     "the model file is not the one the row was measured with")
+        report["runs"].append({"run_id": row["run_id"], "base": row["base"], "seed": row["seed"], **result})
+        print(f"{row['base']} s{row['seed']}: {100 * result['accuracy']:.2f}%", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
