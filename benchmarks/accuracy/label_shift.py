@@ -29,10 +29,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+from saved_runs import find_model, logits, read_rows  # noqa: E402
 
 
 def class_distribution(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -43,16 +45,6 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * float(np.abs(p - q).sum())
 
 
-def predict(network, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    out = []
-    network.eval()
-    with torch.inference_mode():
-        for start in range(0, len(images), batch):
-            x = torch.from_numpy(np.array(images[start:start + batch])).float().div_(255)
-            out.append(network(x).argmax(1).numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-
-
 def prediction_report(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     """Accuracy, the predicted class distribution and each class's recall."""
     recall = [float((predictions[labels == c] == c).mean()) if (labels == c).any() else None for c in range(num_classes)]
@@ -61,24 +53,6 @@ def prediction_report(predictions: np.ndarray, labels: np.ndarray, num_classes: 
         "predicted_distribution": class_distribution(predictions, num_classes).tolist(),
         "recall": recall,
     }
-
-
-def find_model(artifacts: Path, run_id: str) -> Path | None:
-    for candidate in (artifacts / run_id / "artifacts" / "model" / "network.pt", artifacts / run_id / "model" / "network.pt"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_rows(paths: list[str], target: str) -> list[dict]:
-    rows = []
-    for path in paths:
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if row.get("target") == target and row.get("run_id"):
-                    rows.append(row)
-    return rows
 
 
 def markdown(report: dict) -> str:
@@ -143,7 +117,7 @@ def main() -> None:
         size = int(meta["image_size"])
         if size not in images_by_size:
             images_by_size[size] = load_images(test, size)
-        result = prediction_report(predict(network, images_by_size[size]), labels, k)
+        result = prediction_report(logits(network, images_by_size[size]).argmax(1).numpy(), labels, k)
         if abs(result["accuracy"] - float(row["test_acc"])) > 1e-3:
             sys.exit(f"error: run {row['run_id']} recomputes to {result['accuracy']:.4f}, its row says {row['test_acc']:.4f}; "
                      "the model file is not the one the row was measured with")
