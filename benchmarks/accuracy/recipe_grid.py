@@ -227,6 +227,25 @@ def averaging_gain(rows: list[dict]) -> str:
     return f"averaged - best live checkpoint: {sum(diffs) / len(diffs):+.2f} ± {ci95(diffs):.2f} points (paired, n = {len(diffs)})"
 
 
+def seed_noise(rows: list[dict], metric: str = "test_acc", pairs: tuple[int, ...] = (4, 8, 12, 24)) -> str:
+    """What a paired experiment on this recipe can detect if seeds were its only noise: the pooled
+    within-(group, target) seed standard deviation, and for n pairs the 80%-power minimum detectable
+    effect of a two-sided paired t-test at 5% (a pair's difference has sqrt(2) x that sd). A real
+    comparison also carries how its effect varies across targets, so this is a lower bound."""
+    from scipy import stats
+
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["recipe"], r["base"], r["meta"], r["protocol"], r["target"]), []).append(100 * r[metric])
+    squares = sum(sum((v - sum(vs) / len(vs)) ** 2 for v in vs) for vs in cells.values())
+    dof = sum(len(vs) - 1 for vs in cells.values())
+    if dof < 1:
+        return "seed noise: no (group, target) cell has two seeds"
+    sd = math.sqrt(squares / dof)
+    mdes = ", ".join(f"{n} pairs {(stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * math.sqrt(2) * sd / math.sqrt(n):.2f}" for n in pairs)
+    return f"seed noise: pooled sd {sd:.2f} points over {dof} degrees of freedom; detectable at 80% power if seeds were the only noise: {mdes}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", default="default")
@@ -250,6 +269,7 @@ def main() -> None:
     parser.add_argument("--metric", default="test_acc", choices=("test_acc", "live_test_acc"),
                         help="in --table: the reported model (test_acc) or the best live checkpoint (live_test_acc)")
     parser.add_argument("--averaging-gain", action="store_true", help="in --table: what --average swad|ema added per run")
+    parser.add_argument("--seed-noise", action="store_true", help="in --table: seed-to-seed sd and the effect n pairs could detect")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
@@ -264,6 +284,8 @@ def main() -> None:
             print(paired(rows, args.reference, args.metric))
         if args.averaging_gain:
             print(averaging_gain(rows))
+        if args.seed_noise:
+            print(seed_noise(rows, args.metric))
     else:
         run_grid(args)
 
