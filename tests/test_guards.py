@@ -137,3 +137,38 @@ def test_two_runs_write_to_one_new_sqlite_store_at_once(toy, tmp_path):
         assert run.info.status == "FINISHED" and "test_acc" in run.data.metrics
     for run in children:
         assert len(client.get_metric_history(run.info.run_id, "train.loss")) == 6
+
+
+def test_the_foreign_store_check_waits_for_a_store_another_run_is_creating(tmp_path):
+    """A half-created MLflow store (some tables, not yet ``experiments``) is not another application's:
+    the check waits for the run that holds the store's setup lock."""
+    import sqlite3
+    import threading
+
+    from dgmeta.tracking.mlflow_run import _refuse_foreign_database, _store_setup_lock
+
+    db = tmp_path / "store.db"
+    errors: list[BaseException] = []
+
+    def check():
+        try:
+            _refuse_foreign_database(db)
+        except BaseException as exc:  # noqa: BLE001 (reported to the test thread)
+            errors.append(exc)
+
+    with _store_setup_lock(f"sqlite:///{db}"):
+        with sqlite3.connect(db) as connection:
+            connection.execute("CREATE TABLE metrics (key TEXT)")
+        checker = threading.Thread(target=check)
+        checker.start()
+        checker.join(0.5)
+        assert checker.is_alive(), "the check read the store while its setup lock was held"
+        with sqlite3.connect(db) as connection:
+            connection.execute("CREATE TABLE experiments (name TEXT)")
+            connection.execute("CREATE TABLE alembic_version (version_num TEXT)")
+    checker.join(10)
+    assert not checker.is_alive() and errors == []
+    with sqlite3.connect(tmp_path / "app.db") as connection:  # a finished foreign database is still refused
+        connection.execute("CREATE TABLE customers (name TEXT)")
+    with pytest.raises(Exception, match="another application"):
+        _refuse_foreign_database(tmp_path / "app.db")

@@ -44,18 +44,21 @@ def _refuse_foreign_database(db: Path) -> None:
     and is not an MLflow store. Files that are not SQLite at all are left to MLflow's own error."""
     import sqlite3
 
-    if not db.is_file() or db.stat().st_size == 0:
-        return
-    try:
-        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return
-    try:
-        tables = sorted(row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
-    except sqlite3.Error:
-        return
-    finally:
-        connection.close()
+    # read under the store's setup lock (shared): a run creating MLflow's tables right now holds it
+    # exclusively, and a half-created store would look like another application's
+    with _folder_lock(db.parent, exclusive=False):
+        if not db.is_file() or db.stat().st_size == 0:
+            return
+        try:
+            connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return
+        try:
+            tables = sorted(row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        except sqlite3.Error:
+            return
+        finally:
+            connection.close()
     if tables and not _MLFLOW_TABLES <= set(tables):
         shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
         raise TrackingError(
@@ -115,12 +118,18 @@ def _store_setup_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
+    with _folder_lock(Path(uri[len("sqlite:///") :]).parent, exclusive=True):
+        yield
+
+
+@contextmanager
+def _folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
+    """``flock`` on a folder (released when its descriptor closes, also if the process dies)."""
     import fcntl
 
-    folder = Path(uri[len("sqlite:///") :]).parent
     descriptor = os.open(folder if str(folder) else ".", os.O_RDONLY)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)  # released when the descriptor is closed
+        fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
     finally:
         os.close(descriptor)
