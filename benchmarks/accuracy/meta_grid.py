@@ -20,6 +20,10 @@ gradient) so the match can be checked per run.
 
 Each job runs in a child process through ``recipe_grid.run_one`` (checkpointed, ``--resume auto``)
 and appends one JSON line to ``--out`` when it finishes; a restarted grid skips finished jobs.
+``--base-from FILE`` (a ``recipe_grid.py`` result file, e.g. ``dann_msda_default.jsonl``) takes a base
+arm's row from that file instead of training it again when the row's logged run configuration is
+exactly the one the base arm would run (same recipe, learner, protocol, budget, hyperparameters;
+no ``--set``); the copied row says ``reused_from``.
 ``--table`` prints the accuracy table and, per family, every arm's paired difference against
 ``base`` on shared (target, seed) pairs (mean ± 95% CI, t distribution) with the minimum effect a
 two-sided paired t-test at 5% detects with 80% power, and ``init`` against each control.
@@ -96,6 +100,43 @@ def warm_start_file(rows: list[dict], family: str, target: str, seed: int, track
     return MlflowClient(tracking_uri).download_artifacts(base["run_id"], "model/network.pt", str(folder))
 
 
+#: RunConfig keys that do not change what a run trains (where it logs, how it resumes)
+UNTRAINED_KEYS = ("data_root", "tracking_uri", "resume", "quiet", "experiment", "run_name")
+
+
+def base_arm_config(args, family: str, target: str, seed: int) -> dict:
+    """The configuration the base arm of (family, target, seed) runs, protocol resolved."""
+    from dgmeta.runs.config import RunConfig
+
+    base, protocol, _ = FAMILIES[family]
+    recipe = json.loads(json.dumps(recipe_grid.RECIPES["default"]))
+    hparams = recipe.pop("hparams", {})
+    for key in ("steps", "image_size", "eval_every"):
+        if getattr(args, key):
+            recipe[key] = getattr(args, key)
+    hparams.update(dict(item.split("=", 1) for item in args.set))
+    config = RunConfig(dataset=args.dataset, data_root=args.data_root, base=base, meta="none", protocol=protocol,
+                       targets=[target], seeds=[seed], hparams=hparams, **recipe).to_dict()
+    return {k: v for k, v in config.items() if k not in UNTRAINED_KEYS}
+
+
+def resolved_config(config: dict) -> dict:
+    from dgmeta.learners import learner_class
+
+    resolved = {k: v for k, v in config.items() if k not in UNTRAINED_KEYS}
+    resolved["protocol"] = config.get("protocol") or learner_class(config["base"]).default_protocol
+    return resolved
+
+
+def reusable_base_row(candidates: list[dict], args, family: str, target: str, seed: int) -> dict | None:
+    """A finished run of another grid that is exactly this base arm, or None."""
+    wanted = base_arm_config(args, family, target, seed)
+    for row in candidates:
+        if "config" in row and not row.get("set") and resolved_config(row["config"]) == wanted:
+            return row
+    return None
+
+
 def run_grid(args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,11 +147,26 @@ def run_grid(args) -> None:
     wanted = set(args.arms.split(",")) if args.arms else None
     jobs = [(f, a, t, int(s)) for s in args.seeds.split(",") for t in args.targets.split(",") for f in families for a in arms_of(f)
             if wanted is None or a in wanted]
+    reusable = [r for path in args.base_from for r in recipe_grid.read_rows(Path(path))]
+    for path in args.base_from:
+        if not Path(path).is_file():
+            raise SystemExit(f"--base-from {path}: no such result file; give a recipe_grid.py --out file")
     for family, arm, target, seed in jobs:
         rows = recipe_grid.read_rows(out)
         if (family, arm, target, seed) in {job_key(r) for r in rows}:
             continue
         base, protocol, _ = FAMILIES[family]
+        earlier = reusable_base_row(reusable, args, family, target, seed) if arm == "base" else None
+        if earlier is not None:
+            source = next(path for path in args.base_from if earlier in recipe_grid.read_rows(Path(path)))
+            row = {**{k: v for k, v in earlier.items() if k != "recipe"}, "family": family, "arm": arm, "base": base,
+                   "meta": "none", "protocol": protocol, "target": target, "seed": seed, "set": [],
+                   "reused_from": Path(source).name}
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"[{time.strftime('%H:%M:%S')}] {family} base {target} s{seed}: reused from {Path(source).name} "
+                  f"(test_acc {row['test_acc'] * 100:.2f})", flush=True)
+            continue
         meta, sets = arm_options(family, arm)
         if arm == "critic-warm":
             folder = Path(tempfile.mkdtemp(prefix="meta-grid-warm-"))
@@ -186,6 +242,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's steps (smoke tests)")
     parser.add_argument("--image-size", type=int, default=None, help="override the recipe's image size (smoke tests)")
     parser.add_argument("--eval-every", type=int, default=None, help="override the recipe's evaluation interval")
+    parser.add_argument("--base-from", action="append", default=[], metavar="FILE",
+                        help="recipe_grid.py result file whose identically configured runs stand in for base arms")
     parser.add_argument("--table", nargs="*", default=None, help="render these result files instead of running")
     args = parser.parse_args()
     if args.table is not None:

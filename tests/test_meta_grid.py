@@ -1,0 +1,65 @@
+"""benchmarks/accuracy/meta_grid.py --base-from: a base arm is taken from another grid only when that
+run trained exactly what the base arm would train."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dgmeta.runs.config import RunConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "accuracy" / "meta_grid.py"
+LOGGED_OUT = ("data_root", "tracking_uri", "resume", "quiet")  # what recipe_grid.run_one leaves out of a row
+
+
+def recipe_grid_row(target: str, seed: int, test_acc: float, protocol=None, hparams=None, average="none", set_items=()):
+    config = RunConfig(dataset="pacs", data_root="/x", base="dann", meta="none", protocol=protocol, targets=[target],
+                       seeds=[seed], hparams=dict(hparams or {}), average=average, experiment="benchmarks-accuracy").to_dict()
+    return {"recipe": "default", "base": "dann", "meta": "none", "protocol": protocol or "default", "target": target,
+            "seed": seed, "test_acc": test_acc, "live_test_acc": test_acc, "val_acc": 0.9, "seconds": 1000.0,
+            "run_id": f"run-{target}-{seed}-{test_acc}", "set": list(set_items),
+            "config": {k: v for k, v in config.items() if k not in LOGGED_OUT}}
+
+
+def run_base_arms(tmp_path: Path, rows: list[dict], targets: str = "art_painting,sketch") -> tuple[subprocess.CompletedProcess, list[dict]]:
+    earlier = tmp_path / "dann_msda_default.jsonl"
+    earlier.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "meta.jsonl"
+    # a base arm that is not reusable would start training; an unreachable data root makes that fail fast
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--families", "dann-msda", "--arms", "base", "--targets", targets,
+                           "--seeds", "0", "--base-from", str(earlier), "--out", str(out), "--data-root", str(tmp_path / "no-data"),
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'db.sqlite'}"], capture_output=True, text=True, timeout=300)
+    written = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return proc, written
+
+
+def test_identically_configured_runs_stand_in_for_base_arms(tmp_path):
+    rows = [recipe_grid_row("art_painting", 0, 0.835), recipe_grid_row("sketch", 0, 0.727, protocol="msda")]
+    proc, written = run_base_arms(tmp_path, rows)
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["family"], r["arm"], r["target"], r["seed"], r["test_acc"]) for r in written] == [
+        ("dann-msda", "base", "art_painting", 0, 0.835), ("dann-msda", "base", "sketch", 0, 0.727)]
+    assert all(r["reused_from"] == "dann_msda_default.jsonl" and r["protocol"] == "msda" for r in written)
+    assert written[0]["run_id"] == rows[0]["run_id"]
+
+
+def test_a_run_trained_differently_is_not_reused(tmp_path):
+    different = [recipe_grid_row("art_painting", 0, 0.80, average="swad"),
+                 recipe_grid_row("art_painting", 0, 0.81, hparams={"lr": 3e-4}),
+                 recipe_grid_row("art_painting", 0, 0.82, set_items=["lr=3e-4"]),
+                 recipe_grid_row("art_painting", 0, 0.83, protocol="dg"),
+                 recipe_grid_row("art_painting", 1, 0.84)]
+    proc, written = run_base_arms(tmp_path, different, targets="art_painting")
+    assert written == []
+    assert proc.returncode != 0 and "dann-msda base art_painting s0 failed" in proc.stderr
+
+
+def test_a_missing_base_from_file_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--families", "dann-msda", "--arms", "base", "--targets", "sketch",
+                           "--seeds", "0", "--base-from", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "m.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [f"--base-from {tmp_path / 'nope.jsonl'}: no such result file; give a recipe_grid.py --out file"]
