@@ -128,12 +128,12 @@ def resolved_config(config: dict) -> dict:
     return resolved
 
 
-def reusable_base_row(candidates: list[dict], args, family: str, target: str, seed: int) -> dict | None:
-    """A finished run of another grid that is exactly this base arm, or None."""
+def reusable_base_row(candidates: list[tuple[str, dict]], args, family: str, target: str, seed: int) -> tuple[str, dict] | None:
+    """``(file name, row)`` of a finished run of another grid that is exactly this base arm, or None."""
     wanted = base_arm_config(args, family, target, seed)
-    for row in candidates:
+    for name, row in candidates:
         if "config" in row and not row.get("set") and resolved_config(row["config"]) == wanted:
-            return row
+            return name, row
     return None
 
 
@@ -147,10 +147,10 @@ def run_grid(args) -> None:
     wanted = set(args.arms.split(",")) if args.arms else None
     jobs = [(f, a, t, int(s)) for s in args.seeds.split(",") for t in args.targets.split(",") for f in families for a in arms_of(f)
             if wanted is None or a in wanted]
-    reusable = [r for path in args.base_from for r in recipe_grid.read_rows(Path(path))]
     for path in args.base_from:
         if not Path(path).is_file():
             raise SystemExit(f"--base-from {path}: no such result file; give a recipe_grid.py --out file")
+    reusable = [(Path(path).name, r) for path in args.base_from for r in recipe_grid.read_rows(Path(path))]
     for family, arm, target, seed in jobs:
         rows = recipe_grid.read_rows(out)
         if (family, arm, target, seed) in {job_key(r) for r in rows}:
@@ -158,13 +158,12 @@ def run_grid(args) -> None:
         base, protocol, _ = FAMILIES[family]
         earlier = reusable_base_row(reusable, args, family, target, seed) if arm == "base" else None
         if earlier is not None:
-            source = next(path for path in args.base_from if earlier in recipe_grid.read_rows(Path(path)))
-            row = {**{k: v for k, v in earlier.items() if k != "recipe"}, "family": family, "arm": arm, "base": base,
-                   "meta": "none", "protocol": protocol, "target": target, "seed": seed, "set": [],
-                   "reused_from": Path(source).name}
+            source, reused = earlier
+            row = {**{k: v for k, v in reused.items() if k != "recipe"}, "family": family, "arm": arm, "base": base,
+                   "meta": "none", "protocol": protocol, "target": target, "seed": seed, "set": [], "reused_from": source}
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"[{time.strftime('%H:%M:%S')}] {family} base {target} s{seed}: reused from {Path(source).name} "
+            print(f"[{time.strftime('%H:%M:%S')}] {family} base {target} s{seed}: reused from {source} "
                   f"(test_acc {row['test_acc'] * 100:.2f})", flush=True)
             continue
         meta, sets = arm_options(family, arm)
