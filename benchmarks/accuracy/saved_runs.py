@@ -10,6 +10,15 @@ import numpy as np
 import torch
 
 
+def add_saved_run_arguments(parser, default_data_root: str) -> None:
+    """The options every saved-run script takes: result rows, where the models are, the data, the output."""
+    parser.add_argument("--rows", nargs="+", required=True, help="recipe_grid.py JSONL files")
+    parser.add_argument("--artifacts", required=True, help="the MLflow artifact folder holding <run_id>/artifacts/model/network.pt")
+    parser.add_argument("--dataset", default="pacs")
+    parser.add_argument("--data-root", default=default_data_root)
+    parser.add_argument("--out", required=True)
+
+
 def read_rows(paths: list[str], target: str) -> list[dict]:
     """The rows of ``target`` that name a run, from every file in ``paths``."""
     rows = []

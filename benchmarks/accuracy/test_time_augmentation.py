@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from saved_runs import find_model, logits, read_rows  # noqa: E402
+from saved_runs import add_saved_run_arguments, find_model, logits, read_rows  # noqa: E402
 
 
 def paired_summary(gains: list[float]) -> dict:
@@ -45,11 +45,7 @@ def paired_summary(gains: list[float]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default="art_painting,cartoon,photo,sketch")
-    parser.add_argument("--rows", nargs="+", required=True, help="recipe_grid.py JSONL files")
-    parser.add_argument("--artifacts", required=True, help="the MLflow artifact folder holding <run_id>/artifacts/model/network.pt")
-    parser.add_argument("--dataset", default="pacs")
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--out", required=True)
+    add_saved_run_arguments(parser, default_data_root=str(ROOT.parent / "shared" / "data"))
     args = parser.parse_args()
 
     from dgmeta.data import create_dataset, labels_of, load_images
