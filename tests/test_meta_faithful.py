@@ -1,5 +1,5 @@
 """The reference-faithful meta defaults and options (issue 17) on tiny models, against independent
-computations: the all-splits average, tied inner step sizes, the inner_lr=0 control, the Adam
+computations: the one-split default and the all-splits average, tied inner step sizes, the inner_lr=0 control, the Adam
 inner step, the shortest-path meta-gradient, MetaDA's SSDA episode, episode batch norm and the
 Feature-Critic warm start."""
 
@@ -49,9 +49,8 @@ def held_out_gradient(learner, batch: Batch) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------ the all-splits average
-def test_defaults_average_the_meta_term_over_every_held_out_split():
-    hp = hparams("init", meta_weight=0.7, inner_lr=2.0)
-    assert default_hparams("erm", "init")["meta_splits"] == "all"
+def test_all_splits_average_the_meta_term_over_every_held_out_split():
+    hp = hparams("init", meta_weight=0.7, inner_lr=2.0, meta_splits="all")
     assert default_hparams("erm", "init")["meta_batch_fraction"] == 1.0
     learner = make_learner("erm")
     reference = copy.deepcopy(learner).train()
@@ -70,11 +69,30 @@ def test_defaults_average_the_meta_term_over_every_held_out_split():
     assert float((per_split[0]["classifier.weight"] - per_split[1]["classifier.weight"]).norm()) > 1e-3
 
 
+def test_default_term_is_the_meta_gradient_of_one_held_out_split_a_step():
+    assert default_hparams("erm", "init")["meta_splits"] == "sample"
+    hp = hparams("init", meta_weight=0.7, inner_lr=2.0)
+    learner = make_learner("erm")
+    reference = copy.deepcopy(learner).train()
+    batch = blobs(S, 6, seed=1)
+    twin = create_stepper("init", copy.deepcopy(learner), hp, 10, S, seed=5)
+    held_out = list(twin.next_episodes(batch)[0].meta_test_ids)
+    logs = create_stepper("init", learner, hp, 10, S, seed=5).step(batch)
+    assert logs["meta/episodes"] == 1
+
+    meta_train = [d for d in range(S) if d not in held_out]
+    g_meta = meta_gradient(reference, *split_batch(batch, meta_train, held_out), 0.0, 2.0 * LR, 1, 1).grads
+    g_base = base_gradient(reference, batch)
+    for name, before in params_of(reference).items():
+        expected = before - LR * (g_base[name] + 0.7 * g_meta[name])
+        assert torch.allclose(dict(learner.named_parameters())[name], expected, rtol=1e-10, atol=1e-12), name
+
+
 def test_sampled_splits_cycle_so_their_mean_over_a_round_is_the_all_splits_mean():
     learner = make_learner("erm")
     batch = blobs(S, 6, seed=2)
     sampler_stepper = create_stepper("init", learner, hparams("init", meta_splits="sample"), 10, S, seed=3)
-    all_stepper = create_stepper("init", learner, hparams("init"), 10, S, seed=3)
+    all_stepper = create_stepper("init", learner, hparams("init", meta_splits="all"), 10, S, seed=3)
     sampled = [tuple(sampler_stepper.next_episodes(batch)[0].meta_test_ids) for _ in range(S)]
     assert sorted(sampled) == [(0,), (1,), (2,)]
     assert sorted(tuple(e.meta_test_ids) for e in all_stepper.next_episodes(batch)) == [(0,), (1,), (2,)]
@@ -111,7 +129,7 @@ def test_inner_step_sizes_follow_each_groups_outer_learning_rate():
 
 
 def test_inner_lr_zero_is_the_extra_supervised_term_control():
-    hp = hparams("init", inner_lr=0.0, meta_weight=1.0)
+    hp = hparams("init", inner_lr=0.0, meta_weight=1.0, meta_splits="all")
     learner = make_learner("erm")
     reference = copy.deepcopy(learner).train()
     batch = blobs(S, 6, seed=3)

@@ -63,3 +63,29 @@ def test_a_missing_base_from_file_is_a_one_line_error(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [f"--base-from {tmp_path / 'nope.jsonl'}: no such result file; give a recipe_grid.py --out file"]
+
+
+def test_unknown_arm_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--families", "dann-msda", "--arms", "init,inti", "--out", str(tmp_path / "m.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "--arms: unknown arm 'inti' for dann-msda; known: base, base-lr, init, init-all, init-inner0"]
+
+
+def test_table_pairs_each_arm_with_base_and_reports_training_time(tmp_path):
+    def row(arm, target, acc, speed):
+        return {"family": "dann-msda", "arm": arm, "target": target, "seed": 0, "test_acc": acc, "seconds": 600.0,
+                "images_per_second": speed}
+
+    rows = [row("base", "a", 0.80, 30.0), row("base", "b", 0.70, 34.0), row("init", "a", 0.82, 16.0), row("init", "b", 0.71, 16.0),
+            row("init-all", "a", 0.83, 8.0)]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--table", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "| dann-msda | init | 2 | 76.5 ± 69.9 | 10.0 | 2.00x |" in lines  # median base speed 32 / 16
+    assert "| dann-msda | init-all | 1 | 83.0 | 10.0 | 4.00x |" in lines
+    assert any(line.startswith("| dann-msda: init - base | +1.50 | ± 6.35 |") for line in lines)
+    assert "| dann-msda: init - init-all | -1.00 | | | 1 |" in lines

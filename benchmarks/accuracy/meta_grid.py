@@ -11,6 +11,8 @@ Families (learner, protocol, wrapper) and their arms::
     erm-dg-critic:          base | critic | critic-warm (critic started from this grid's ERM base
                             model of the same target and seed, as the official code starts from a
                             converged baseline; trains the full budget again on top)
+    optional (only with --arms): init-all (the meta term averaged over every held-out split each step,
+                            --set meta_splits=all; the default takes one split a step)
 
 The base-lr control: under SGD the online meta term lengthens each step by at most ``meta_weight``
 x the base gradient (when aligned), so ``lr x (1 + meta_weight)`` matches its largest added step;
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,10 +62,15 @@ FAMILIES = {
 }
 INIT_ARMS = ("base", "init", "init-inner0", "base-lr")
 CRITIC_ARMS = ("base", "critic", "critic-warm")
+#: arms run only when named in --arms: init-all averages the meta term over every held-out split each
+#: step (meta_splits=all, the default before the one-split estimate; 2.2x its step time)
+OPTIONAL_INIT_ARMS = ("init-all",)
 
 
-def arms_of(family: str) -> tuple[str, ...]:
-    return CRITIC_ARMS if FAMILIES[family][2] == "critic" else INIT_ARMS
+def arms_of(family: str, optional: bool = False) -> tuple[str, ...]:
+    if FAMILIES[family][2] == "critic":
+        return CRITIC_ARMS
+    return INIT_ARMS + (OPTIONAL_INIT_ARMS if optional else ())
 
 
 def arm_options(family: str, arm: str) -> tuple[str, list[str]]:
@@ -77,6 +85,8 @@ def arm_options(family: str, arm: str) -> tuple[str, list[str]]:
         return "init", episode
     if arm == "init-inner0":
         return "init", episode + ["inner_lr=0"]
+    if arm == "init-all":
+        return "init", episode + ["meta_splits=all"]
     if arm == "base-lr":
         lr = default_hparams(base)["lr"] * (1 + default_hparams(base, "init")["meta_weight"])
         return "none", [f"lr={lr:g}"]
@@ -106,17 +116,8 @@ UNTRAINED_KEYS = ("data_root", "tracking_uri", "resume", "quiet", "experiment", 
 
 def base_arm_config(args, family: str, target: str, seed: int) -> dict:
     """The configuration the base arm of (family, target, seed) runs, protocol resolved."""
-    from dgmeta.runs.config import RunConfig
-
     base, protocol, _ = FAMILIES[family]
-    recipe = json.loads(json.dumps(recipe_grid.RECIPES["default"]))
-    hparams = recipe.pop("hparams", {})
-    for key in ("steps", "image_size", "eval_every"):
-        if getattr(args, key):
-            recipe[key] = getattr(args, key)
-    hparams.update(dict(item.split("=", 1) for item in args.set))
-    config = RunConfig(dataset=args.dataset, data_root=args.data_root, base=base, meta="none", protocol=protocol,
-                       targets=[target], seeds=[seed], hparams=hparams, **recipe).to_dict()
+    config = recipe_grid.job_config(args, "default", base, "none", protocol, target, seed, args.set).to_dict()
     return {k: v for k, v in config.items() if k not in UNTRAINED_KEYS}
 
 
@@ -145,8 +146,11 @@ def run_grid(args) -> None:
         if family not in FAMILIES:
             raise SystemExit(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
     wanted = set(args.arms.split(",")) if args.arms else None
-    jobs = [(f, a, t, int(s)) for s in args.seeds.split(",") for t in args.targets.split(",") for f in families for a in arms_of(f)
-            if wanted is None or a in wanted]
+    jobs = [(f, a, t, int(s)) for s in args.seeds.split(",") for t in args.targets.split(",") for f in families
+            for a in arms_of(f, optional=wanted is not None) if wanted is None or a in wanted]
+    known = {a for f in families for a in arms_of(f, optional=True)}
+    if wanted is not None and wanted - known:
+        raise SystemExit(f"--arms: unknown arm {sorted(wanted - known)[0]!r} for {args.families}; known: {', '.join(sorted(known))}")
     for path in args.base_from:
         if not Path(path).is_file():
             raise SystemExit(f"--base-from {path}: no such result file; give a recipe_grid.py --out file")
@@ -191,6 +195,12 @@ def run_grid(args) -> None:
         print(f"    test_acc {row['test_acc'] * 100:.2f} in {row['seconds']:.0f}s", flush=True)
 
 
+def median_speed(rows: list[dict]) -> float:
+    """Median labelled images per training second (steps and data, no evaluation) of ``rows``."""
+    values = [r["images_per_second"] for r in rows if r.get("images_per_second")]
+    return statistics.median(values) if values else 0.0
+
+
 def paired_line(label: str, diffs: list[float]) -> str:
     from scipy import stats
 
@@ -205,17 +215,21 @@ def paired_line(label: str, diffs: list[float]) -> str:
 
 def table(rows: list[dict]) -> str:
     by = {job_key(r): r for r in rows}
-    lines = ["| family | arm | runs | mean test acc | minutes/run |", "|---|---|---|---|---|"]
+    lines = ["| family | arm | runs | mean test acc | minutes/run | training time vs base |", "|---|---|---|---|---|---|"]
     for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:
-        for arm in arms_of(family):
+        base_speed = median_speed([r for r in rows if r["family"] == family and r["arm"] == "base"])
+        for arm in arms_of(family, optional=True):
             items = [r for r in rows if r["family"] == family and r["arm"] == arm]
             if items:
                 acc = [100 * r["test_acc"] for r in items]
                 ci = f" ± {recipe_grid.ci95(acc):.1f}" if len(acc) > 1 else ""
-                lines.append(f"| {family} | {arm} | {len(items)} | {sum(acc) / len(acc):.1f}{ci} | {sum(r['seconds'] for r in items) / len(items) / 60:.1f} |")
+                speed = median_speed(items)
+                relative = f"{base_speed / speed:.2f}x" if base_speed and speed else ""
+                lines.append(f"| {family} | {arm} | {len(items)} | {sum(acc) / len(acc):.1f}{ci} | "
+                             f"{sum(r['seconds'] for r in items) / len(items) / 60:.1f} | {relative} |")
     lines += ["", "| paired difference (points) | mean | 95% CI | MDE (80% power) | pairs |", "|---|---|---|---|---|"]
     for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:
-        arms = arms_of(family)
+        arms = arms_of(family, optional=True)
         meta_arm = arms[1]
         comparisons = [(a, "base") for a in arms[1:]] + [(meta_arm, c) for c in arms[2:] if c != "critic-warm"]
         for arm, reference in comparisons:

@@ -71,26 +71,32 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def run_one(args) -> None:
-    """Child process: one job; prints its result as the last JSON line."""
+def job_config(args, recipe_name: str, base: str, meta: str, protocol: str | None, target: str, seed: int, sets: list[str]):
+    """The RunConfig of one grid job: the recipe, the grid's overrides (``args.steps``, ``image_size``,
+    ``eval_every``, ``test_every_eval``) and the ``--set`` items; shared with meta_grid.py, whose
+    ``--base-from`` compares it with a logged run's configuration."""
     from dgmeta.runs.config import RunConfig
-    from dgmeta.runs.experiment import run_experiment
 
-    recipe = json.loads(json.dumps(RECIPES[args.recipe]))
+    recipe = json.loads(json.dumps(RECIPES[recipe_name]))
     hparams = recipe.pop("hparams", {})
-    if args.test_every_eval:  # a curve: the target at every evaluation (not hashed: same training)
+    if getattr(args, "test_every_eval", False):  # a curve: the target at every evaluation (not hashed: same training)
         recipe["test_every_eval"] = True
-    if args.eval_every:
-        recipe["eval_every"] = args.eval_every
-    for key in ("steps", "image_size"):  # smoke tests of the grid itself
-        if getattr(args, key):
+    for key in ("steps", "image_size", "eval_every"):  # smoke tests of the grid itself; evaluation interval
+        if getattr(args, key, None):
             recipe[key] = getattr(args, key)
-    hparams.update(dict(item.split("=", 1) for item in args.set))
-    config = RunConfig(
-        dataset=args.dataset, data_root=args.data_root, base=args.base, meta=args.meta, protocol=args.protocol,
-        targets=[args.target], seeds=[args.seed], tracking_uri=args.tracking_uri, experiment=args.experiment,
+    hparams.update(dict(item.split("=", 1) for item in sets))
+    return RunConfig(
+        dataset=args.dataset, data_root=args.data_root, base=base, meta=meta, protocol=protocol,
+        targets=[target], seeds=[seed], tracking_uri=args.tracking_uri, experiment=args.experiment,
         quiet=True, resume="auto", hparams=hparams, **recipe,
     )
+
+
+def run_one(args) -> None:
+    """Child process: one job; prints its result as the last JSON line."""
+    from dgmeta.runs.experiment import run_experiment
+
+    config = job_config(args, args.recipe, args.base, args.meta, args.protocol, args.target, args.seed, args.set)
     started = time.time()
     result = run_experiment(config)
     run = result.runs[0]

@@ -20,6 +20,7 @@ minutes) compiles the featurizer with ``torch.compile``, compile time excluded (
     python benchmarks/speed/step_throughput.py --configs dann,dann+init,dann+critic,mcd,mcd+init,mcd+critic,jigen,jigen+init,jigen+critic
     python benchmarks/speed/step_throughput.py --configs "dann,dann+init order 2,mcd,mcd+init order 2,jigen,jigen+init order 2"
     python benchmarks/speed/step_throughput.py --configs "erm,init order 2,init order 2@pytorch-double-backward,critic,critic@pytorch-double-backward"
+    python benchmarks/speed/step_throughput.py --configs "dann,dann+init,dann+init splits=sample" --image-size 176 --batch 48
 
 Writes benchmarks/results/step_throughput[_quick].json and prints it.
 """
@@ -73,6 +74,9 @@ META_ON_LEARNERS = {
     f"{base}+{meta}": (base, meta, {}, "") for base in ("dann", "mcd", "jigen") for meta in ("init", "critic")
 }
 META_ON_LEARNERS.update({f"{base}+init order 2": (base, "init", {"meta_order": 2}, "") for base in ("dann", "mcd", "jigen")})
+#: MetaDA's term from one sampled held-out split a step instead of the average over all of them
+#: (issue 17's cost question: the all-splits default costs S = 3 episodes a step)
+META_ON_LEARNERS.update({f"{base}+init splits=sample": (base, "init", {"meta_splits": "sample"}, "") for base in ("dann", "mcd", "jigen")})
 CONFIGS.update(META_ON_LEARNERS)
 #: DA steps that forward the unlabelled target images too, in one pass with the labelled batch
 #: (DANN): also compared with a bare step on all those images ("same images")

@@ -8,8 +8,10 @@ parameters toward points from which the learner's own adaptation generalises.
 Schedules (hparam ``meta_schedule``):
 
 * ``online`` (default, the paper's online variant): every step is the base learner's usual
-  update on the full batch plus ``meta_weight`` x the meta-gradient averaged over this step's
-  episodes (every held-out split under ``meta_splits=all``, see :mod:`dgmeta.meta.stepper`), added
+  update on the full batch plus ``meta_weight`` x the meta-gradient of this step's episode (one
+  held-out split a step, cycling through them: an unbiased estimate of the all-splits mean at a
+  third of its cost; ``meta_splits=all`` averages every split each step, see
+  :mod:`dgmeta.meta.stepper`), added
   to the first stage's gradient before its optimizer step (so momentum, weight decay, the lr
   schedule and gradient clipping of the base optimizer apply to the sum).
 * ``offline``: the first ``offline_meta_steps`` calls of the episodic stepper's ``step``
@@ -35,8 +37,9 @@ Extra parameters (a DANN discriminator, MCD's second classifier, a jigsaw head) 
 special: the meta-gradient covers every trainable parameter of the learner.
 
 Cost of an online step, on top of the base step (one forward/backward of the full batch): the
-inner loop's forward/backward on the meta-train half (per stage and repeat) plus one on the
-meta-test half, i.e. about one more full-batch pass for first order, whatever the learner; nothing
+inner loop's forward/backward on the meta-train domains (per stage and repeat) plus one on the
+meta-test domain, i.e. about one more full-batch pass for first order under ``meta_splits=sample``
+(S more under ``all``), whatever the learner; nothing
 of the base pass can be reused, because the inner objective differs from the base one (other
 domains, the held-out source as the unlabelled target). Second order adds the backward through the
 inner backward (double backward, Hessian-vector products), built with
@@ -77,7 +80,7 @@ class MetaInitTerm:
         "meta_schedule": HParam("online", lambda r: "online", "online | offline", one_of("online", "offline")),
         "offline_meta_steps": HParam(100, lambda r: 100, "meta-iterations before base training (offline)", at_least(0, integer=True)),
         "meta_lr": HParam(0.01, lambda r: float(10 ** r.uniform(-3, -1.5)), "outer learning rate (offline)", positive()),
-        **episode_hparams(splits="all"),
+        **episode_hparams(splits="sample"),
     }
 
     def __init__(self, learner: Learner, hparams: dict):
