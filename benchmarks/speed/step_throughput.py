@@ -75,7 +75,7 @@ META_ON_LEARNERS = {
 }
 META_ON_LEARNERS.update({f"{base}+init order 2": (base, "init", {"meta_order": 2}, "") for base in ("dann", "mcd", "jigen")})
 #: MetaDA's term from one sampled held-out split a step instead of the average over all of them
-#: (issue 17's cost question: the all-splits default costs S = 3 episodes a step)
+#: (issue 17's cost question: averaging all S = 3 splits costs S episodes a step)
 META_ON_LEARNERS.update({f"{base}+init splits=sample": (base, "init", {"meta_splits": "sample"}, "") for base in ("dann", "mcd", "jigen")})
 CONFIGS.update(META_ON_LEARNERS)
 #: DA steps that forward the unlabelled target images too, in one pass with the labelled batch
