@@ -89,3 +89,6 @@ def test_table_pairs_each_arm_with_base_and_reports_training_time(tmp_path):
     assert "| dann-msda | init-all | 1 | 83.0 | 10.0 | 4.00x |" in lines
     assert any(line.startswith("| dann-msda: init - base | +1.50 | ± 6.35 |") for line in lines)
     assert "| dann-msda: init - init-all | -1.00 | | | 1 |" in lines
+    assert "| dann-msda: target | seed | base | init | init-all |" in lines
+    assert "| a | 0 | 80.00 | 82.00 | 83.00 |" in lines
+    assert "| b | 0 | 70.00 | 71.00 | - |" in lines

@@ -26,9 +26,10 @@ and appends one JSON line to ``--out`` when it finishes; a restarted grid skips 
 arm's row from that file instead of training it again when the row's logged run configuration is
 exactly the one the base arm would run (same recipe, learner, protocol, budget, hyperparameters;
 no ``--set``); the copied row says ``reused_from``.
-``--table`` prints the accuracy table and, per family, every arm's paired difference against
-``base`` on shared (target, seed) pairs (mean ± 95% CI, t distribution) with the minimum effect a
-two-sided paired t-test at 5% detects with 80% power, and ``init`` against each control.
+``--table`` prints the accuracy table; per family, every arm's paired difference against ``base`` on
+shared (target, seed) pairs (mean ± 95% CI, t distribution) with the minimum effect a two-sided
+paired t-test at 5% detects with 80% power, and ``init`` against each control; and each (target,
+seed)'s accuracy per arm.
 
     python benchmarks/accuracy/meta_grid.py --families dann-msda,mcd-msda,mme-ssda,erm-dg-critic \\
         --seeds 0,1,2 --out benchmarks/results/accuracy/meta_grid.jsonl
@@ -237,6 +238,19 @@ def table(rows: list[dict]) -> str:
                      for k, r in by.items() if k[:2] == (family, arm) and (family, reference) + k[2:] in by]
             if diffs:
                 lines.append(paired_line(f"{family}: {arm} - {reference}", diffs))
+    return "\n".join(lines + ["", per_pair_table(rows)])
+
+
+def per_pair_table(rows: list[dict]) -> str:
+    """Each family's test accuracy (%) per (target, seed) and arm; '-' where an arm has not run."""
+    lines = []
+    for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:
+        arms = [a for a in arms_of(family, optional=True) if any(r["family"] == family and r["arm"] == a for r in rows)]
+        by = {(r["target"], int(r["seed"]), r["arm"]): 100 * r["test_acc"] for r in rows if r["family"] == family}
+        lines += [f"| {family}: target | seed | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+        for target, seed in sorted({k[:2] for k in by}):
+            cells = [f"{by[(target, seed, a)]:.2f}" if (target, seed, a) in by else "-" for a in arms]
+            lines.append(f"| {target} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
