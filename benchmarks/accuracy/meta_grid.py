@@ -247,7 +247,7 @@ def per_pair_table(rows: list[dict]) -> str:
     for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:
         arms = [a for a in arms_of(family, optional=True) if any(r["family"] == family and r["arm"] == a for r in rows)]
         by = {(r["target"], int(r["seed"]), r["arm"]): 100 * r["test_acc"] for r in rows if r["family"] == family}
-        lines += [f"| {family}: target | seed | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+        lines += ([""] if lines else []) + [f"| {family}: target | seed | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
         for target, seed in sorted({k[:2] for k in by}):
             cells = [f"{by[(target, seed, a)]:.2f}" if (target, seed, a) in by else "-" for a in arms]
             lines.append(f"| {target} | {seed} | " + " | ".join(cells) + " |")
