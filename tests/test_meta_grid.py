@@ -92,3 +92,26 @@ def test_table_pairs_each_arm_with_base_and_reports_training_time(tmp_path):
     assert "| dann-msda: target | seed | base | init | init-all |" in lines
     assert "| a | 0 | 80.00 | 82.00 | 83.00 |" in lines
     assert "| b | 0 | 70.00 | 71.00 | - |" in lines
+
+
+def test_toward_measures_whether_an_arm_follows_the_other_learners_gap(tmp_path):
+    def row(arm, target, acc):
+        return {"family": "dann-msda", "arm": arm, "target": target, "seed": 0, "test_acc": acc, "seconds": 600.0}
+
+    base = {"a": 0.80, "b": 0.70, "c": 0.90, "d": 0.60}
+    erm_gap = {"a": 0.04, "b": -0.02, "c": 0.00, "d": 0.06}  # ERM − base, points / 100
+    # init closes exactly half of each gap: r = +1, slope +0.5; init-inner0 moves against it: r = −1, slope −1
+    rows = [row("base", t, acc) for t, acc in base.items()]
+    rows += [row("init", t, base[t] + erm_gap[t] / 2) for t in base] + [row("init-inner0", t, base[t] - erm_gap[t]) for t in base]
+    results, erm = tmp_path / "m.jsonl", tmp_path / "erm_default.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    erm.write_text("".join(json.dumps({"target": t, "seed": 0, "test_acc": base[t] + erm_gap[t]}) + "\n" for t in base))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--table", str(results), "--toward", str(erm)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "| dann-msda: init | 4 | +1.00 |  | +0.50 |" in lines
+    assert "| dann-msda: init-inner0 | 4 | -1.00 |  | -1.00 |" in lines
+    missing = subprocess.run([sys.executable, str(SCRIPT), "--table", str(results), "--toward", str(tmp_path / "nope.jsonl")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0 and "no such result file" in missing.stderr

@@ -29,7 +29,10 @@ no ``--set``); the copied row says ``reused_from``.
 ``--table`` prints the accuracy table; per family, every arm's paired difference against ``base`` on
 shared (target, seed) pairs (mean ± 95% CI, t distribution) with the minimum effect a two-sided
 paired t-test at 5% detects with 80% power, and ``init`` against each control; and each (target,
-seed)'s accuracy per arm.
+seed)'s accuracy per arm. ``--toward FILE`` (with ``--table``) tests whether an arm moves the base
+learner toward another learner's results (e.g. ``erm_default.jsonl``: does the meta term pull DANN
+toward ERM?): over shared (target, seed) pairs, the correlation of (arm − base) with (other − base),
+with its 95% CI, and the least-squares slope (the share of the gap the arm closes).
 
     python benchmarks/accuracy/meta_grid.py --families dann-msda,mcd-msda,mme-ssda,erm-dg-critic \\
         --seeds 0,1,2 --out benchmarks/results/accuracy/meta_grid.jsonl
@@ -254,6 +257,39 @@ def per_pair_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def toward_table(rows: list[dict], reference: list[dict], label: str) -> str:
+    """Per family and arm: does (arm − base) follow (reference − base) over shared (target, seed) pairs?"""
+    other = {(r["target"], int(r["seed"])): 100 * r["test_acc"] for r in reference}
+    lines = [f"| moves base toward {label}? | pairs | r (arm − base vs {label} − base) | 95% CI of r | slope |",
+             "|---|---|---|---|---|"]
+    for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:
+        base = {(r["target"], int(r["seed"])): 100 * r["test_acc"] for r in rows if r["family"] == family and r["arm"] == "base"}
+        for arm in arms_of(family, optional=True)[1:]:
+            pairs = [(other[k] - base[k], 100 * r["test_acc"] - base[k]) for r in rows
+                     if r["family"] == family and r["arm"] == arm
+                     for k in [(r["target"], int(r["seed"]))] if k in base and k in other]
+            if len(pairs) >= 3:
+                lines.append(f"| {family}: {arm} | {len(pairs)} | " + " | ".join(correlation(pairs)) + " |")
+    return "\n".join(lines)
+
+
+def correlation(pairs: list[tuple[float, float]]) -> tuple[str, str, str]:
+    """Pearson r, its 95% CI (Fisher z; needs 4+ pairs) and the slope of y on x, as table cells."""
+    n = len(pairs)
+    mx, my = (sum(p[i] for p in pairs) / n for i in (0, 1))
+    sxx = sum((x - mx) ** 2 for x, _ in pairs)
+    syy = sum((y - my) ** 2 for _, y in pairs)
+    sxy = sum((x - mx) * (y - my) for x, y in pairs)
+    if sxx == 0 or syy == 0:
+        return "", "", ""
+    r = max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+    ci = ""
+    if n > 3 and abs(r) < 1:
+        half = 1.959964 / math.sqrt(n - 3)
+        ci = f"{math.tanh(math.atanh(r) - half):+.2f} to {math.tanh(math.atanh(r) + half):+.2f}"
+    return f"{r:+.2f}", ci, f"{sxy / sxx:+.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", default=",".join(FAMILIES))
@@ -272,9 +308,18 @@ def main() -> None:
     parser.add_argument("--base-from", action="append", default=[], metavar="FILE",
                         help="recipe_grid.py result file whose identically configured runs stand in for base arms")
     parser.add_argument("--table", nargs="*", default=None, help="render these result files instead of running")
+    parser.add_argument("--toward", default=None, metavar="FILE",
+                        help="with --table: does each arm move base toward this recipe_grid.py file's learner? (e.g. erm_default.jsonl)")
     args = parser.parse_args()
+    if args.toward is not None and args.table is None:
+        raise SystemExit("--toward needs --table: it analyses finished rows")
+    if args.toward is not None and not Path(args.toward).is_file():
+        raise SystemExit(f"--toward {args.toward}: no such result file; give a recipe_grid.py --out file")
     if args.table is not None:
-        print(table([r for path in args.table for r in recipe_grid.read_rows(Path(path))]))
+        rows = [r for path in args.table for r in recipe_grid.read_rows(Path(path))]
+        print(table(rows))
+        if args.toward is not None:
+            print("\n" + toward_table(rows, recipe_grid.read_rows(Path(args.toward)), Path(args.toward).stem))
     else:
         run_grid(args)
 
