@@ -103,6 +103,9 @@ def test_toward_measures_whether_an_arm_follows_the_other_learners_gap(tmp_path)
     # init closes exactly half of each gap: r = +1, slope +0.5; init-inner0 moves against it: r = −1, slope −1
     rows = [row("base", t, acc) for t, acc in base.items()]
     rows += [row("init", t, base[t] + erm_gap[t] / 2) for t in base] + [row("init-inner0", t, base[t] - erm_gap[t]) for t in base]
+    # ERM + critic against ERM itself: no gap to follow, so no row
+    rows += [dict(row(arm, t, acc + erm_gap[t]), family="erm-dg-critic") for arm in ("base", "critic")
+             for t, acc in base.items()]
     results, erm = tmp_path / "m.jsonl", tmp_path / "erm_default.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     erm.write_text("".join(json.dumps({"target": t, "seed": 0, "test_acc": base[t] + erm_gap[t]}) + "\n" for t in base))
@@ -112,6 +115,8 @@ def test_toward_measures_whether_an_arm_follows_the_other_learners_gap(tmp_path)
     lines = proc.stdout.splitlines()
     assert "| dann-msda: init | 4 | +1.00 |  | +0.50 |" in lines
     assert "| dann-msda: init-inner0 | 4 | -1.00 |  | -1.00 |" in lines
+    toward = lines[next(i for i, line in enumerate(lines) if "moves base toward" in line):]
+    assert not any(line.startswith("| erm-dg-critic") for line in toward)
     missing = subprocess.run([sys.executable, str(SCRIPT), "--table", str(results), "--toward", str(tmp_path / "nope.jsonl")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0 and "no such result file" in missing.stderr

@@ -270,7 +270,8 @@ def toward_table(rows: list[dict], reference: list[dict], label: str) -> str:
             pairs = [(other[k] - base[k], 100 * r["test_acc"] - base[k]) for r in rows
                      if r["family"] == family and r["arm"] == arm
                      for k in [(r["target"], int(r["seed"]))] if k in base and k in other]
-            if len(pairs) >= 3:
+            # a family whose base is the reference learner itself (ERM vs erm_default) has no gap to follow
+            if len(pairs) >= 3 and any(x != 0 for x, _ in pairs):
                 lines.append(f"| {family}: {arm} | {len(pairs)} | " + " | ".join(correlation(pairs)) + " |")
     return "\n".join(lines)
 
