@@ -3,6 +3,7 @@ run trained exactly what the base arm would train."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def test_table_pairs_each_arm_with_base_and_reports_training_time(tmp_path):
     assert "| dann-msda | init | 2 | 76.5 ± 69.9 | 10.0 | 2.12x |" in lines  # fastest base run 34 / fastest init run 16
     assert "| dann-msda | init-all | 1 | 83.0 | 10.0 | 4.25x |" in lines
     assert any(line.startswith("| dann-msda: init - base | +1.50 | ± 6.35 |") for line in lines)
-    assert "| dann-msda: init - init-all | -1.00 | | | 1 |" in lines
+    assert "| dann-msda: init - init-all | -1.00 | | | 1 | -1.00 | 0/1 | |" in lines
     assert "| dann-msda: target | seed | base | init | init-all |" in lines
     assert "| a | 0 | 80.00 | 82.00 | 83.00 |" in lines
     assert "| b | 0 | 70.00 | 71.00 | - |" in lines
@@ -120,3 +121,17 @@ def test_toward_measures_whether_an_arm_follows_the_other_learners_gap(tmp_path)
     missing = subprocess.run([sys.executable, str(SCRIPT), "--table", str(results), "--toward", str(tmp_path / "nope.jsonl")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0 and "no such result file" in missing.stderr
+
+
+def test_paired_line_reports_median_sign_count_and_exact_signed_rank_p():
+    spec = importlib.util.spec_from_file_location("meta_grid", SCRIPT)
+    meta_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(meta_grid)
+
+    # one pair against four: the negative pair has rank 1, so W- = 1 and the exact two-sided p is 2 x 2/32
+    line = meta_grid.paired_line("x", [1.0, 2.0, 3.0, 4.0, -0.5])
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[0] == "x" and cells[1] == "+1.90" and cells[4] == "5"
+    assert cells[5:] == ["+2.00", "4/5", "0.125"]
+    # a single large pair moves the mean but not the median
+    assert meta_grid.paired_line("y", [0.1, -0.2, 0.3, 20.0]).split("|")[6].strip() == "+0.20"

@@ -212,11 +212,17 @@ def paired_line(label: str, diffs: list[float]) -> str:
 
     n = len(diffs)
     mean = sum(diffs) / n
+    ordered = sorted(diffs)
+    median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    # the mean's t interval is what the issue asks for; median, sign count and the signed-rank test show
+    # whether one outlying pair carries it
+    robust = f"{median:+.2f} | {sum(d > 0 for d in diffs)}/{n}"
     if n < 2:
-        return f"| {label} | {mean:+.2f} | | | {n} |"
+        return f"| {label} | {mean:+.2f} | | | {n} | {robust} | |"
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     mde = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
-    return f"| {label} | {mean:+.2f} | ± {recipe_grid.ci95(diffs):.2f} | {mde:.2f} | {n} |"
+    wilcoxon = f"{stats.wilcoxon(diffs).pvalue:.3f}" if any(diffs) else ""
+    return f"| {label} | {mean:+.2f} | ± {recipe_grid.ci95(diffs):.2f} | {mde:.2f} | {n} | {robust} | {wilcoxon} |"
 
 
 def table(rows: list[dict]) -> str:
@@ -233,7 +239,8 @@ def table(rows: list[dict]) -> str:
                 relative = f"{base_speed / speed:.2f}x" if base_speed and speed else ""
                 lines.append(f"| {family} | {arm} | {len(items)} | {sum(acc) / len(acc):.1f}{ci} | "
                              f"{sum(r['seconds'] for r in items) / len(items) / 60:.1f} | {relative} |")
-    lines += ["", "| paired difference (points) | mean | 95% CI | MDE (80% power) | pairs |", "|---|---|---|---|---|"]
+    lines += ["", "| paired difference (points) | mean | 95% CI | MDE (80% power) | pairs | median | arm ahead | Wilcoxon p |",
+              "|---|---|---|---|---|---|---|---|"]
     for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:
         arms = arms_of(family, optional=True)
         meta_arm = arms[1]
