@@ -47,9 +47,23 @@ def test_identically_configured_runs_stand_in_for_base_arms(tmp_path):
     assert written[0]["run_id"] == rows[0]["run_id"]
 
 
+def test_an_averaged_run_stands_in_through_its_live_checkpoint_and_an_exact_run_comes_first(tmp_path):
+    swad = {**recipe_grid_row("art_painting", 0, 0.80, average="swad"), "live_test_acc": 0.79}
+    proc, written = run_base_arms(tmp_path, [swad], targets="art_painting")
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["test_acc"], r["live_of_average"]) for r in written] == [(0.79, "swad")]
+    assert "live checkpoint of its --average swad run" in proc.stdout
+    # an older row without the device field is the same training
+    exact = recipe_grid_row("art_painting", 0, 0.81)
+    del exact["config"]["device"]
+    (tmp_path / "second").mkdir()
+    proc, written = run_base_arms(tmp_path / "second", [swad, exact], targets="art_painting")
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["test_acc"], "live_of_average" in r) for r in written] == [(0.81, False)]
+
+
 def test_a_run_trained_differently_is_not_reused(tmp_path):
-    different = [recipe_grid_row("art_painting", 0, 0.80, average="swad"),
-                 recipe_grid_row("art_painting", 0, 0.81, hparams={"lr": 3e-4}),
+    different = [recipe_grid_row("art_painting", 0, 0.81, hparams={"lr": 3e-4}),
                  recipe_grid_row("art_painting", 0, 0.82, set_items=["lr=3e-4"]),
                  recipe_grid_row("art_painting", 0, 0.83, protocol="dg"),
                  recipe_grid_row("art_painting", 1, 0.84)]
@@ -109,7 +123,9 @@ def test_toward_measures_whether_an_arm_follows_the_other_learners_gap(tmp_path)
              for t, acc in base.items()]
     results, erm = tmp_path / "m.jsonl", tmp_path / "erm_default.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    erm.write_text("".join(json.dumps({"target": t, "seed": 0, "test_acc": base[t] + erm_gap[t]}) + "\n" for t in base))
+    # an averaged ERM run counts with its live checkpoint, what --average none reports
+    erm.write_text("".join(json.dumps({"target": t, "seed": 0, "test_acc": 0.5, "live_test_acc": base[t] + erm_gap[t],
+                                       "config": {"average": "swad"}}) + "\n" for t in base))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--table", str(results), "--toward", str(erm)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

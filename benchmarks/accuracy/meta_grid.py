@@ -25,13 +25,16 @@ and appends one JSON line to ``--out`` when it finishes; a restarted grid skips 
 ``--base-from FILE`` (a ``recipe_grid.py`` result file, e.g. ``dann_msda_default.jsonl``) takes a base
 arm's row from that file instead of training it again when the row's logged run configuration is
 exactly the one the base arm would run (same recipe, learner, protocol, budget, hyperparameters;
-no ``--set``); the copied row says ``reused_from``.
+no ``--set``); the copied row says ``reused_from``. A run made with ``--average swad|ema`` stands in for
+an ``--average none`` base arm through its best live checkpoint (``live_test_acc``; averaging does not
+change the trajectory or the live selection), and the row says ``live_of_average``.
 ``--table`` prints the accuracy table; per family, every arm's paired difference against ``base`` on
 shared (target, seed) pairs (mean ± 95% CI, t distribution) with the minimum effect a two-sided
 paired t-test at 5% detects with 80% power, and ``init`` against each control; and each (target,
 seed)'s accuracy per arm. ``--toward FILE`` (with ``--table``) tests whether an arm moves the base
 learner toward another learner's results (e.g. ``erm_default.jsonl``: does the meta term pull DANN
-toward ERM?): over shared (target, seed) pairs, the correlation of (arm − base) with (other − base),
+toward ERM?; an averaged run counts with its live checkpoint, as ``--average none`` reports it): over
+shared (target, seed) pairs, the correlation of (arm − base) with (other − base),
 with its 95% CI, and the least-squares slope (the share of the gap the arm closes).
 
     python benchmarks/accuracy/meta_grid.py --families dann-msda,mcd-msda,mme-ssda,erm-dg-critic \\
@@ -113,8 +116,9 @@ def warm_start_file(rows: list[dict], family: str, target: str, seed: int, track
     return MlflowClient(tracking_uri).download_artifacts(base["run_id"], "model/network.pt", str(folder))
 
 
-#: RunConfig keys that do not change what a run trains (where it logs, how it resumes)
-UNTRAINED_KEYS = ("data_root", "tracking_uri", "resume", "quiet", "experiment", "run_name")
+#: RunConfig keys that do not change what a run trains (where it logs, how it resumes, which device it
+#: runs on: rows written before ``device`` existed lack it)
+UNTRAINED_KEYS = ("data_root", "tracking_uri", "resume", "quiet", "experiment", "run_name", "device")
 
 
 def base_arm_config(args, family: str, target: str, seed: int) -> dict:
@@ -135,10 +139,22 @@ def resolved_config(config: dict) -> dict:
 def reusable_base_row(candidates: list[tuple[str, dict]], args, family: str, target: str, seed: int) -> tuple[str, dict] | None:
     """``(file name, row)`` of a finished run of another grid that is exactly this base arm, or None."""
     wanted = base_arm_config(args, family, target, seed)
-    for name, row in candidates:
-        if "config" in row and not row.get("set") and resolved_config(row["config"]) == wanted:
+    usable = [(name, row, resolved_config(row["config"])) for name, row in candidates if "config" in row and not row.get("set")]
+    for name, row, config in usable:
+        if config == wanted:
             return name, row
+    # --average swad|ema averages beside training and after it: the trajectory and the best live checkpoint
+    # (its live_test_acc) are exactly what the same run with --average none trains and selects
+    for name, row, config in usable:
+        if wanted.get("average") == "none" and row.get("live_test_acc") is not None and {**config, "average": "none"} == wanted:
+            return name, {**row, "test_acc": row["live_test_acc"], "live_of_average": config["average"]}
     return None
+
+
+def unaveraged_acc(row: dict) -> float:
+    """A result row's test accuracy as ``--average none`` reports it (the best live checkpoint)."""
+    averaged = row.get("config", {}).get("average", "none") != "none"
+    return row["live_test_acc"] if averaged and row.get("live_test_acc") is not None else row["test_acc"]
 
 
 def run_grid(args) -> None:
@@ -170,7 +186,8 @@ def run_grid(args) -> None:
                    "meta": "none", "protocol": protocol, "target": target, "seed": seed, "set": [], "reused_from": source}
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"[{time.strftime('%H:%M:%S')}] {family} base {target} s{seed}: reused from {source} "
+            live = f", the live checkpoint of its --average {row['live_of_average']} run" if "live_of_average" in row else ""
+            print(f"[{time.strftime('%H:%M:%S')}] {family} base {target} s{seed}: reused from {source}{live} "
                   f"(test_acc {row['test_acc'] * 100:.2f})", flush=True)
             continue
         meta, sets = arm_options(family, arm)
@@ -268,7 +285,7 @@ def per_pair_table(rows: list[dict]) -> str:
 
 def toward_table(rows: list[dict], reference: list[dict], label: str) -> str:
     """Per family and arm: does (arm − base) follow (reference − base) over shared (target, seed) pairs?"""
-    other = {(r["target"], int(r["seed"])): 100 * r["test_acc"] for r in reference}
+    other = {(r["target"], int(r["seed"])): 100 * unaveraged_acc(r) for r in reference}
     lines = [f"| moves base toward {label}? | pairs | r (arm − base vs {label} − base) | 95% CI of r | slope |",
              "|---|---|---|---|---|"]
     for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:
