@@ -95,13 +95,15 @@ def test_table_pairs_each_arm_with_base_and_reports_training_time(tmp_path):
 
     rows = [row("base", "a", 0.80, 30.0), row("base", "b", 0.70, 34.0), row("init", "a", 0.82, 16.0), row("init", "b", 0.71, 16.0),
             row("init-all", "a", 0.83, 8.0)]
+    rows[2]["meta_added_to_base_norm"] = {"median": 1.2, "q75": 1.5, "max": 3.0, "steps": 10}
+    rows[3]["meta_added_to_base_norm"] = {"median": 0.8, "q75": 1.0, "max": 2.0, "steps": 10}
     path = tmp_path / "m.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--table", str(path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert "| dann-msda | init | 2 | 76.5 ± 69.9 | 10.0 | 2.12x |" in lines  # fastest base run 34 / fastest init run 16
-    assert "| dann-msda | init-all | 1 | 83.0 | 10.0 | 4.25x |" in lines
+    assert "| dann-msda | init | 2 | 76.5 ± 69.9 | 10.0 | 2.12x | 1 (2 runs) |" in lines  # fastest base 34 / fastest init 16
+    assert "| dann-msda | init-all | 1 | 83.0 | 10.0 | 4.25x |  |" in lines
     assert any(line.startswith("| dann-msda: init - base | +1.50 | ± 6.35 |") for line in lines)
     assert "| dann-msda: init - init-all | -1.00 | | | 1 | -1.00 | 0/1 | |" in lines
     assert "| dann-msda: target | seed | base | init | init-all |" in lines
@@ -151,3 +153,19 @@ def test_paired_line_reports_median_sign_count_and_exact_signed_rank_p():
     assert cells[5:] == ["+2.00", "4/5", "0.125"]
     # a single large pair moves the mean but not the median
     assert meta_grid.paired_line("y", [0.1, -0.2, 0.3, 20.0]).split("|")[6].strip() == "+0.20"
+
+
+def test_a_grid_row_summarises_the_meta_terms_logged_share_of_the_step(tmp_path):
+    spec = importlib.util.spec_from_file_location("recipe_grid", SCRIPT.parent / "recipe_grid.py")
+    recipe_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe_grid)
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    client = MlflowClient(uri)  # not mlflow.set_tracking_uri: no global state for the other tests
+    run_id = client.create_run(client.create_experiment("grid")).info.run_id
+    for step, value in enumerate([0.5, 4.0, 1.0, 2.0, 3.0]):
+        client.log_metric(run_id, recipe_grid.META_SHARE_METRIC, value, step=step)
+    summary = recipe_grid.metric_summary(uri, run_id, recipe_grid.META_SHARE_METRIC)
+    assert summary == {"median": 2.0, "q75": 3.0, "max": 4.0, "steps": 5}
+    assert recipe_grid.metric_summary(uri, run_id, "never.logged") is None

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -244,7 +245,8 @@ def paired_line(label: str, diffs: list[float]) -> str:
 
 def table(rows: list[dict]) -> str:
     by = {job_key(r): r for r in rows}
-    lines = ["| family | arm | runs | mean test acc | minutes/run | training time vs base |", "|---|---|---|---|---|---|"]
+    lines = ["| family | arm | runs | mean test acc | minutes/run | training time vs base | meta term / base gradient (median) |",
+             "|---|---|---|---|---|---|---|"]
     for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:
         base_speed = fastest_speed([r for r in rows if r["family"] == family and r["arm"] == "base"])
         for arm in arms_of(family, optional=True):
@@ -254,8 +256,10 @@ def table(rows: list[dict]) -> str:
                 ci = f" ± {recipe_grid.ci95(acc):.1f}" if len(acc) > 1 else ""
                 speed = fastest_speed(items)
                 relative = f"{base_speed / speed:.2f}x" if base_speed and speed else ""
+                shares = sorted(r["meta_added_to_base_norm"]["median"] for r in items if r.get("meta_added_to_base_norm"))
+                share = f"{statistics.median(shares):.2g} ({len(shares)} runs)" if shares else ""
                 lines.append(f"| {family} | {arm} | {len(items)} | {sum(acc) / len(acc):.1f}{ci} | "
-                             f"{sum(r['seconds'] for r in items) / len(items) / 60:.1f} | {relative} |")
+                             f"{sum(r['seconds'] for r in items) / len(items) / 60:.1f} | {relative} | {share} |")
     lines += ["", "| paired difference (points) | mean | 95% CI | MDE (80% power) | pairs | median | arm ahead | Wilcoxon p |",
               "|---|---|---|---|---|---|---|---|"]
     for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:

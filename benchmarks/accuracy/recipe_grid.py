@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -101,6 +102,7 @@ def run_one(args) -> None:
     result = run_experiment(config)
     run = result.runs[0]
     curve = curve_points(config.tracking_uri, run.run_id) if args.test_every_eval else None
+    meta_share = metric_summary(config.tracking_uri, run.run_id, META_SHARE_METRIC)
     print(json.dumps({
         "test_acc": run.test_acc, "live_test_acc": run.live_test_acc, "val_acc": run.val_acc,
         "oracle_test_acc": None if math.isnan(run.oracle_test_acc) else run.oracle_test_acc,
@@ -109,7 +111,22 @@ def run_one(args) -> None:
         "images_per_second": run.images_per_second, "run_id": run.run_id,
         "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", "tracking_uri", "resume", "quiet")},
         **({"curve": curve} if curve is not None else {}),
+        **({"meta_added_to_base_norm": meta_share} if meta_share is not None else {}),
     }))
+
+
+#: per step, the meta term's gradient length relative to the base gradient's (meta wrappers log it)
+META_SHARE_METRIC = "train.meta/added_to_base_norm"
+
+
+def metric_summary(tracking_uri: str, run_id: str, key: str) -> dict | None:
+    """Median, upper quartile and maximum of one logged metric over a run's steps; None if not logged."""
+    from mlflow.tracking import MlflowClient
+
+    values = sorted(m.value for m in MlflowClient(tracking_uri).get_metric_history(run_id, key))
+    if not values:
+        return None
+    return {"median": statistics.median(values), "q75": values[(3 * (len(values) - 1)) // 4], "max": values[-1], "steps": len(values)}
 
 
 def curve_points(tracking_uri: str, run_id: str) -> list[dict]:
