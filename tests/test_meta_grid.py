@@ -102,7 +102,7 @@ def test_table_pairs_each_arm_with_base_and_reports_training_time(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--table", str(path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert "| dann-msda | init | 2 | 76.5 ± 69.9 | 10.0 | 2.12x | 1 (2 runs) |" in lines  # fastest base 34 / fastest init 16
+    assert "| dann-msda | init | 2 | 76.5 ± 69.9 | 10.0 | 2.12x | 1 (n = 2) |" in lines  # fastest base 34 / fastest init 16
     assert "| dann-msda | init-all | 1 | 83.0 | 10.0 | 4.25x |  |" in lines
     assert any(line.startswith("| dann-msda: init - base | +1.50 | ± 6.35 |") for line in lines)
     assert "| dann-msda: init - init-all | -1.00 | | | 1 | -1.00 | 0/1 | |" in lines

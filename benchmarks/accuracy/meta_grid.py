@@ -257,7 +257,7 @@ def table(rows: list[dict]) -> str:
                 speed = fastest_speed(items)
                 relative = f"{base_speed / speed:.2f}x" if base_speed and speed else ""
                 shares = sorted(r["meta_added_to_base_norm"]["median"] for r in items if r.get("meta_added_to_base_norm"))
-                share = f"{statistics.median(shares):.2g} ({len(shares)} runs)" if shares else ""
+                share = f"{statistics.median(shares):.3g} (n = {len(shares)})" if shares else ""
                 lines.append(f"| {family} | {arm} | {len(items)} | {sum(acc) / len(acc):.1f}{ci} | "
                              f"{sum(r['seconds'] for r in items) / len(items) / 60:.1f} | {relative} | {share} |")
     lines += ["", "| paired difference (points) | mean | 95% CI | MDE (80% power) | pairs | median | arm ahead | Wilcoxon p |",
