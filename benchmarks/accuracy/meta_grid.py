@@ -230,8 +230,7 @@ def paired_line(label: str, diffs: list[float]) -> str:
 
     n = len(diffs)
     mean = sum(diffs) / n
-    ordered = sorted(diffs)
-    median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    median = statistics.median(diffs)
     # the mean's t interval is what the issue asks for; median, sign count and the signed-rank test show
     # whether one outlying pair carries it
     robust = f"{median:+.2f} | {sum(d > 0 for d in diffs)}/{n}"
@@ -256,7 +255,7 @@ def table(rows: list[dict]) -> str:
                 ci = f" ± {recipe_grid.ci95(acc):.1f}" if len(acc) > 1 else ""
                 speed = fastest_speed(items)
                 relative = f"{base_speed / speed:.2f}x" if base_speed and speed else ""
-                shares = sorted(r["meta_added_to_base_norm"]["median"] for r in items if r.get("meta_added_to_base_norm"))
+                shares = [r["meta_added_to_base_norm"]["median"] for r in items if r.get("meta_added_to_base_norm")]
                 share = f"{statistics.median(shares):.3g} (n = {len(shares)})" if shares else ""
                 lines.append(f"| {family} | {arm} | {len(items)} | {sum(acc) / len(acc):.1f}{ci} | "
                              f"{sum(r['seconds'] for r in items) / len(items) / 60:.1f} | {relative} | {share} |")
