@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -105,7 +106,7 @@ def test_table_pairs_each_arm_with_base_and_reports_training_time(tmp_path):
     assert "| dann-msda | init | 2 | 76.5 ± 69.9 | 10.0 | 2.12x | 1 (n = 2) |" in lines  # fastest base 34 / fastest init 16
     assert "| dann-msda | init-all | 1 | 83.0 | 10.0 | 4.25x |  |" in lines
     assert any(line.startswith("| dann-msda: init - base | +1.50 | ± 6.35 |") for line in lines)
-    assert "| dann-msda: init - init-all | -1.00 | | | 1 | -1.00 | 0/1 | |" in lines
+    assert "| dann-msda: init - init-all | -1.00 | | | 1 | -1.00 | 0/1 | | |" in lines
     assert "| dann-msda: target | seed | base | init | init-all |" in lines
     assert "| a | 0 | 80.00 | 82.00 | 83.00 |" in lines
     assert "| b | 0 | 70.00 | 71.00 | - |" in lines
@@ -150,7 +151,12 @@ def test_paired_line_reports_median_sign_count_and_exact_signed_rank_p():
     line = meta_grid.paired_line("x", [1.0, 2.0, 3.0, 4.0, -0.5])
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[0] == "x" and cells[1] == "+1.90" and cells[4] == "5"
-    assert cells[5:] == ["+2.00", "4/5", "0.125"]
+    assert cells[5:8] == ["+2.00", "4/5", "0.125"]
+    # the pairs column is the first n whose minimum detectable effect at this sd is within 1.5 points
+    needed = int(cells[8])
+    sd = statistics.stdev([1.0, 2.0, 3.0, 4.0, -0.5])
+    assert meta_grid.mde(needed, sd) <= 1.5 < meta_grid.mde(needed - 1, sd)
+    assert meta_grid.pairs_to_detect(1.5, 50.0, most=100) is None
     # a single large pair moves the mean but not the median
     assert meta_grid.paired_line("y", [0.1, -0.2, 0.3, 20.0]).split("|")[6].strip() == "+0.20"
 

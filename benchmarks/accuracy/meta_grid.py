@@ -235,11 +235,28 @@ def paired_line(label: str, diffs: list[float]) -> str:
     # whether one outlying pair carries it
     robust = f"{median:+.2f} | {sum(d > 0 for d in diffs)}/{n}"
     if n < 2:
-        return f"| {label} | {mean:+.2f} | | | {n} | {robust} | |"
+        return f"| {label} | {mean:+.2f} | | | {n} | {robust} | | |"
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    mde = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
     wilcoxon = f"{stats.wilcoxon(diffs).pvalue:.3f}" if any(diffs) else ""
-    return f"| {label} | {mean:+.2f} | ± {recipe_grid.ci95(diffs):.2f} | {mde:.2f} | {n} | {robust} | {wilcoxon} |"
+    needed = pairs_to_detect(PLANNED_EFFECT, sd)
+    return (f"| {label} | {mean:+.2f} | ± {recipe_grid.ci95(diffs):.2f} | {mde(n, sd):.2f} | {n} | {robust} | {wilcoxon} | "
+            f"{needed if needed else ''} |")
+
+
+#: the published gains are +0.6 to +2 points; issue 17 sizes the experiment to see +1.5
+PLANNED_EFFECT = 1.5
+
+
+def mde(n: int, sd: float) -> float:
+    """The smallest mean difference a two-sided paired t-test at 5% detects with 80% power over n pairs."""
+    from scipy import stats
+
+    return (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+
+
+def pairs_to_detect(effect: float, sd: float, most: int = 1000) -> int | None:
+    """How many pairs at this pair sd detect ``effect`` (80% power, 5% two-sided); None past ``most``."""
+    return next((n for n in range(2, most + 1) if mde(n, sd) <= effect), None)
 
 
 def table(rows: list[dict]) -> str:
@@ -259,8 +276,8 @@ def table(rows: list[dict]) -> str:
                 share = f"{statistics.median(shares):.3g} (n = {len(shares)})" if shares else ""
                 lines.append(f"| {family} | {arm} | {len(items)} | {sum(acc) / len(acc):.1f}{ci} | "
                              f"{sum(r['seconds'] for r in items) / len(items) / 60:.1f} | {relative} | {share} |")
-    lines += ["", "| paired difference (points) | mean | 95% CI | MDE (80% power) | pairs | median | arm ahead | Wilcoxon p |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| paired difference (points) | mean | 95% CI | MDE (80% power) | pairs | median | arm ahead | Wilcoxon p | "
+              f"pairs to see {PLANNED_EFFECT} |", "|---|---|---|---|---|---|---|---|---|"]
     for family in [f for f in FAMILIES if any(r["family"] == f for r in rows)]:
         arms = arms_of(family, optional=True)
         meta_arm = arms[1]
