@@ -8,6 +8,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from dgmeta.runs.config import RunConfig
@@ -15,6 +16,13 @@ from dgmeta.runs.config import RunConfig
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "accuracy" / "meta_grid.py"
 LOGGED_OUT = ("data_root", "tracking_uri", "resume", "quiet")  # what recipe_grid.run_one leaves out of a row
+
+
+def load_meta_grid():
+    spec = importlib.util.spec_from_file_location("meta_grid", SCRIPT)
+    meta_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(meta_grid)
+    return meta_grid
 
 
 def recipe_grid_row(target: str, seed: int, test_acc: float, protocol=None, hparams=None, average="none", set_items=()):
@@ -143,9 +151,7 @@ def test_toward_measures_whether_an_arm_follows_the_other_learners_gap(tmp_path)
 
 
 def test_paired_line_reports_median_sign_count_and_exact_signed_rank_p():
-    spec = importlib.util.spec_from_file_location("meta_grid", SCRIPT)
-    meta_grid = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(meta_grid)
+    meta_grid = load_meta_grid()
 
     # one pair against four: the negative pair has rank 1, so W- = 1 and the exact two-sided p is 2 x 2/32
     line = meta_grid.paired_line("x", [1.0, 2.0, 3.0, 4.0, -0.5])
@@ -175,3 +181,35 @@ def test_a_grid_row_summarises_the_meta_terms_logged_share_of_the_step(tmp_path)
     summary = recipe_grid.metric_summary(uri, run_id, recipe_grid.META_SHARE_METRIC)
     assert summary == {"median": 2.0, "q75": 3.0, "max": 4.0, "steps": 5}
     assert recipe_grid.metric_summary(uri, run_id, "never.logged") is None
+
+
+def test_job_minutes_come_from_the_arms_own_runs_and_the_deadline_is_the_next_such_time():
+    meta_grid = load_meta_grid()
+    rows = [{"family": "dann-msda", "arm": "init", "seconds": 1800.0}, {"family": "dann-msda", "arm": "init", "seconds": 2400.0},
+            {"family": "mcd-msda", "arm": "init", "seconds": 3600.0},
+            {"family": "dann-msda", "arm": "base", "seconds": 9000.0, "reused_from": "dann_msda_default.jsonl"}]
+    assert meta_grid.job_minutes(rows, "dann-msda", "init") == 1.25 * 35  # the median plus 25%
+    assert meta_grid.job_minutes(rows, "mme-ssda", "init") == 1.25 * 40  # the arm in other families
+    # a reused row's time was spent in another grid under other load: it does not set this grid's estimate
+    assert meta_grid.job_minutes(rows, "dann-msda", "base") == meta_grid.recipe_grid.UNKNOWN_JOB_MINUTES
+    now = time.mktime((2026, 12, 6, 23, 0, 0, 0, 0, -1))
+    assert meta_grid.recipe_grid.deadline_of("23:30", now) - now == 30 * 60
+    assert meta_grid.recipe_grid.deadline_of("01:00", now) - now == 2 * 3600  # past midnight: tomorrow's 01:00
+
+
+def test_until_starts_no_job_that_would_run_past_it_and_a_bad_time_is_a_one_line_error(tmp_path):
+    out = tmp_path / "meta.jsonl"
+    out.write_text(json.dumps({"family": "dann-msda", "arm": "init", "target": "art_painting", "seed": 0, "test_acc": 0.86,
+                               "seconds": 40 * 60.0}) + "\n")
+    until = time.strftime("%H:%M", time.localtime(time.time() + 20 * 60))
+    # the sketch job is expected to take 50 minutes (40 plus 25%): it must be skipped, not started (starting fails fast on the missing data)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--families", "dann-msda", "--arms", "init", "--targets", "art_painting,sketch",
+                           "--seeds", "0", "--out", str(out), "--data-root", str(tmp_path / "no-data"), "--until", until,
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'db.sqlite'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "dann-msda init sketch s0: not started, its expected 50 minutes would run past --until" in proc.stdout
+    assert len(out.read_text().splitlines()) == 1
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--families", "dann-msda", "--out", str(out), "--until", "25:00"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines() == ["--until '25:00': give a local time as HH:MM, e.g. --until 23:30"]

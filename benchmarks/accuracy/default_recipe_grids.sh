@@ -7,6 +7,8 @@
 #
 #   OMP_NUM_THREADS=2 bash benchmarks/accuracy/default_recipe_grids.sh [--data-root DIR]
 #
+# UNTIL=HH:MM starts no run that would not finish by that local time (each grid's --until), so a
+# session can stop the script with no half-trained run.
 # Each run takes 17-35 minutes on a 2-core CPU (about 60 runs remain after ERM and DANN msda); the
 # tables are rendered with the --table commands in README.
 set -euo pipefail
@@ -15,7 +17,7 @@ DATA_ROOT=${DATA_ROOT:-../shared/data}
 if [[ ${1:-} == "--data-root" ]]; then DATA_ROOT=$2; fi
 RESULTS=benchmarks/results/accuracy
 ALL=art_painting,cartoon,photo,sketch
-grid() { python benchmarks/accuracy/recipe_grid.py --data-root "$DATA_ROOT" "$@"; }
+grid() { python benchmarks/accuracy/recipe_grid.py --data-root "$DATA_ROOT" ${UNTIL:+--until "$UNTIL"} "$@"; }
 
 for seeds in 0 0,1,2; do
   grid --recipes default --base erm --targets $ALL --seeds $seeds --out $RESULTS/erm_default.jsonl

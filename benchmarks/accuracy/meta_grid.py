@@ -158,6 +158,16 @@ def unaveraged_acc(row: dict) -> float:
     return row["live_test_acc"] if averaged and row.get("live_test_acc") is not None else row["test_acc"]
 
 
+def job_minutes(rows: list[dict], family: str, arm: str) -> float:
+    """Expected wall minutes of one job, from this family's finished runs of the arm, else the arm's in
+    any family (``recipe_grid.expected_minutes``); a reused row's time was spent elsewhere and is left out."""
+    for same in (lambda r: r["family"] == family and r["arm"] == arm, lambda r: r["arm"] == arm):
+        seconds = [r["seconds"] for r in rows if same(r) and "reused_from" not in r]
+        if seconds:
+            return recipe_grid.expected_minutes(seconds)
+    return recipe_grid.expected_minutes([])
+
+
 def run_grid(args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +185,7 @@ def run_grid(args) -> None:
         if not Path(path).is_file():
             raise SystemExit(f"--base-from {path}: no such result file; give a recipe_grid.py --out file")
     reusable = [(Path(path).name, r) for path in args.base_from for r in recipe_grid.read_rows(Path(path))]
+    deadline = recipe_grid.deadline_of(args.until, time.time()) if args.until else None
     for family, arm, target, seed in jobs:
         rows = recipe_grid.read_rows(out)
         if (family, arm, target, seed) in {job_key(r) for r in rows}:
@@ -190,6 +201,10 @@ def run_grid(args) -> None:
             live = f", the live checkpoint of its --average {row['live_of_average']} run" if "live_of_average" in row else ""
             print(f"[{time.strftime('%H:%M:%S')}] {family} base {target} s{seed}: reused from {source}{live} "
                   f"(test_acc {row['test_acc'] * 100:.2f})", flush=True)
+            continue
+        if deadline is not None and time.time() + 60 * job_minutes(rows, family, arm) > deadline:
+            print(f"[{time.strftime('%H:%M:%S')}] {family} {arm} {target} s{seed}: not started, its expected "
+                  f"{job_minutes(rows, family, arm):.0f} minutes would run past --until {args.until}", flush=True)
             continue
         meta, sets = arm_options(family, arm)
         if arm == "critic-warm":
@@ -354,6 +369,9 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=None, help="override the recipe's evaluation interval")
     parser.add_argument("--base-from", action="append", default=[], metavar="FILE",
                         help="recipe_grid.py result file whose identically configured runs stand in for base arms")
+    parser.add_argument("--until", default=None, metavar="HH:MM",
+                        help="start no job that would not finish by this local time (expected from the arm's finished runs in "
+                             "--out, recipe_grid.expected_minutes): a session can end without a half-trained job")
     parser.add_argument("--table", nargs="*", default=None, help="render these result files instead of running")
     parser.add_argument("--toward", default=None, metavar="FILE",
                         help="with --table: does each arm move base toward this recipe_grid.py file's learner? (e.g. erm_default.jsonl)")

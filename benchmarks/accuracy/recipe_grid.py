@@ -72,6 +72,29 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+#: minutes assumed for a job of a kind not run yet (a Feature-Critic run, the slowest kind, took 66)
+UNKNOWN_JOB_MINUTES = 70.0
+
+
+def expected_minutes(seconds: list[float]) -> float:
+    """Wall minutes to expect from one more job like these finished ones: their median plus 25%, since
+    a run that shares the cores with other work slows down and a job cut at a deadline loses its work."""
+    return 1.25 * statistics.median(seconds) / 60 if seconds else UNKNOWN_JOB_MINUTES
+
+
+def deadline_of(until: str, now: float) -> float:
+    """``--until HH:MM`` (local time) as a timestamp: the next such moment after ``now``."""
+    try:
+        hour, minute = (int(part) for part in until.split(":"))
+        if not (0 <= hour < 24 and 0 <= minute < 60):
+            raise ValueError(until)
+        moment = time.localtime(now)
+        deadline = time.mktime((moment.tm_year, moment.tm_mon, moment.tm_mday, hour, minute, 0, 0, 0, -1))
+    except ValueError:
+        raise SystemExit(f"--until {until!r}: give a local time as HH:MM, e.g. --until 23:30")
+    return deadline if deadline > now else deadline + 24 * 3600
+
+
 def job_config(args, recipe_name: str, base: str, meta: str, protocol: str | None, target: str, seed: int, sets: list[str]):
     """The RunConfig of one grid job: the recipe, the grid's overrides (``args.steps``, ``image_size``,
     ``eval_every``, ``test_every_eval``) and the ``--set`` items; shared with meta_grid.py, whose
@@ -150,10 +173,18 @@ def run_grid(args) -> None:
         if recipe not in RECIPES:
             raise SystemExit(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
     jobs = [(r, t, int(s)) for s in args.seeds.split(",") for t in args.targets.split(",") for r in args.recipes.split(",")]
+    deadline = deadline_of(args.until, time.time()) if args.until else None
     for recipe, target, seed in jobs:
         row = {"recipe": recipe, "base": args.base, "meta": args.meta, "protocol": args.protocol or "default", "target": target, "seed": seed}
         if job_key(row) in done:
             continue
+        if deadline is not None:
+            finished = read_rows(out)
+            minutes = expected_minutes([r["seconds"] for r in finished if r["recipe"] == recipe] or [r["seconds"] for r in finished])
+            if time.time() + 60 * minutes > deadline:
+                print(f"[{time.strftime('%H:%M:%S')}] {recipe} {args.base}+{args.meta} {target} s{seed}: not started, its expected "
+                      f"{minutes:.0f} minutes would run past --until {args.until}", flush=True)
+                continue
         cmd = [sys.executable, __file__, "--one", "--recipe", recipe, "--target", target, "--seed", str(seed),
                "--base", args.base, "--meta", args.meta, "--data-root", args.data_root,
                "--tracking-uri", args.tracking_uri, "--experiment", args.experiment]
@@ -287,6 +318,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None, help="override the recipe's image size (smoke tests)")
     parser.add_argument("--test-every-eval", action="store_true", help="score the target at every evaluation (curves)")
     parser.add_argument("--eval-every", type=int, default=None, help="override the recipe's evaluation interval")
+    parser.add_argument("--until", default=None, metavar="HH:MM",
+                        help="start no job that would not finish by this local time (expected from the finished runs in "
+                             "--out: expected_minutes): a session can end without a half-trained job")
     parser.add_argument("--table", nargs="*", default=None, help="render these result files instead of running")
     parser.add_argument("--reference", default=None, help="in --table, pair the others against this recipe, or field=value (base=erm)")
     parser.add_argument("--metric", default="test_acc", choices=("test_acc", "live_test_acc"),
