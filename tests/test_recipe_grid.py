@@ -36,3 +36,22 @@ def test_until_without_a_deadline_margin_runs_the_job(tmp_path):
     assert proc.returncode != 0
     assert "job default sketch s0 failed" in proc.stderr
     assert not out.exists() or out.read_text() == ""
+
+
+def test_paired_lines_give_a_ci_only_where_there_are_two_pairs_or_more():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_grid", SCRIPT)
+    recipe_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe_grid)
+
+    def row(base, target, acc):
+        return {"recipe": "default", "base": base, "meta": "none", "protocol": "default", "target": target, "seed": 0, "test_acc": acc}
+
+    rows = [row("erm", "art_painting", 0.80), row("mcd", "art_painting", 0.85),
+            row("erm", "sketch", 0.70), row("dann", "sketch", 0.72), row("erm", "art_painting", 0.80) | {"seed": 1},
+            row("dann", "art_painting", 0.81) | {"seed": 1}]
+    lines = recipe_grid.paired(rows, "base=erm").splitlines()
+    assert lines[1] == "default/mcd/none/default - base=erm: +5.0 points test_acc (paired, n = 1)"
+    assert lines[0].startswith("default/dann/none/default - base=erm: +1.5 ± ") and "(paired, n = 2, detectable" in lines[0]
+    assert "nan" not in "".join(lines)

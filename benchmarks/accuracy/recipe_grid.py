@@ -269,7 +269,8 @@ def paired(rows: list[dict], reference: str, metric: str = "test_acc") -> str:
             mde = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
             detectable = f", detectable at 80% power: {mde:.1f}"
         label = "/".join(str(g) for g in group)
-        out.append(f"{label} - {reference}: {mean:+.1f} ± {ci95(diffs):.1f} points {metric} (paired, n = {n}{detectable})")
+        spread = f" ± {ci95(diffs):.1f}" if n > 1 else ""  # one pair has no CI
+        out.append(f"{label} - {reference}: {mean:+.1f}{spread} points {metric} (paired, n = {n}{detectable})")
     return "\n".join(out)
 
 
@@ -278,7 +279,8 @@ def averaging_gain(rows: list[dict]) -> str:
     diffs = [100 * (r["test_acc"] - r["live_test_acc"]) for r in rows if r["config"].get("average", "none") != "none"]
     if not diffs:
         return "no run with --average swad|ema in these files"
-    return f"averaged - best live checkpoint: {sum(diffs) / len(diffs):+.2f} ± {ci95(diffs):.2f} points (paired, n = {len(diffs)})"
+    spread = f" ± {ci95(diffs):.2f}" if len(diffs) > 1 else ""
+    return f"averaged - best live checkpoint: {sum(diffs) / len(diffs):+.2f}{spread} points (paired, n = {len(diffs)})"
 
 
 def seed_noise(rows: list[dict], metric: str = "test_acc", pairs: tuple[int, ...] = (4, 8, 12, 24)) -> str:
