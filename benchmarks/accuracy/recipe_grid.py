@@ -125,7 +125,7 @@ def run_one(args) -> None:
     result = run_experiment(config)
     run = result.runs[0]
     curve = curve_points(config.tracking_uri, run.run_id) if args.test_every_eval else None
-    meta_share = metric_summary(config.tracking_uri, run.run_id, META_SHARE_METRIC)
+    meta_summaries = {field: metric_summary(config.tracking_uri, run.run_id, key) for field, key in META_SUMMARIES.items()}
     print(json.dumps({
         "test_acc": run.test_acc, "live_test_acc": run.live_test_acc, "val_acc": run.val_acc,
         "oracle_test_acc": None if math.isnan(run.oracle_test_acc) else run.oracle_test_acc,
@@ -134,12 +134,15 @@ def run_one(args) -> None:
         "images_per_second": run.images_per_second, "run_id": run.run_id,
         "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", "tracking_uri", "resume", "quiet")},
         **({"curve": curve} if curve is not None else {}),
-        **({"meta_added_to_base_norm": meta_share} if meta_share is not None else {}),
+        **{field: summary for field, summary in meta_summaries.items() if summary is not None},
     }))
 
 
 #: per step, the meta term's gradient length relative to the base gradient's (meta wrappers log it)
 META_SHARE_METRIC = "train.meta/added_to_base_norm"
+#: row field -> logged meta metric summarised into it: the term's share of the step, and its meta-test
+#: loss (near zero when the meta-test set is already fit, e.g. labelled target shots the base step trains on)
+META_SUMMARIES = {"meta_added_to_base_norm": META_SHARE_METRIC, "meta_val_loss": "train.meta/val_loss"}
 
 
 def metric_summary(tracking_uri: str, run_id: str, key: str) -> dict | None:
