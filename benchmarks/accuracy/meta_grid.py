@@ -202,9 +202,10 @@ def run_grid(args) -> None:
             print(f"[{time.strftime('%H:%M:%S')}] {family} base {target} s{seed}: reused from {source}{live} "
                   f"(test_acc {row['test_acc'] * 100:.2f})", flush=True)
             continue
-        if deadline is not None and time.time() + 60 * job_minutes(rows, family, arm) > deadline:
+        minutes = job_minutes(rows, family, arm)
+        if deadline is not None and time.time() + 60 * minutes > deadline:
             print(f"[{time.strftime('%H:%M:%S')}] {family} {arm} {target} s{seed}: not started, its expected "
-                  f"{job_minutes(rows, family, arm):.0f} minutes would run past --until {args.until}", flush=True)
+                  f"{minutes:.0f} minutes would run past --until {args.until}", flush=True)
             continue
         meta, sets = arm_options(family, arm)
         if arm == "critic-warm":
