@@ -219,6 +219,31 @@ def test_target_shot_episode_adapts_toward_the_unlabelled_target_and_scores_the_
         assert torch.allclose(got[name], expected_meta[name], rtol=1e-12), name
 
 
+@pytest.mark.parametrize("shots_in_base", [True, False])
+def test_shots_in_base_decides_whether_the_base_step_trains_on_the_target_shots(shots_in_base):
+    batch, _, _ = ssda_batch()
+    hp = hparams("init", meta_episode="target_shots", inner_lr=2.0, meta_weight=0.7, meta_shots_in_base=shots_in_base)
+    learner = make_learner("erm", protocol="ssda")
+    reference = copy.deepcopy(learner).train()
+    create_stepper("init", learner, hp, 10, S, seed=0).step(batch)
+
+    sources_only = batch.select(batch.domain < S)  # written out: every labelled domain but the shots' index S
+    g_base = base_gradient(reference, batch if shots_in_base else sources_only)
+    episode = target_shot_episode(batch, S)  # the meta term scores the shots either way
+    g_meta = meta_gradient(reference, episode.meta_train, episode.meta_test, 0.0, 2.0 * LR, 1, 1).grads
+    for name, before in params_of(reference).items():
+        expected = before - LR * (g_base[name] + 0.7 * g_meta[name])
+        assert torch.allclose(dict(learner.named_parameters())[name], expected, rtol=1e-10, atol=1e-12), name
+    # the shots do move the base gradient, so the check above tells the two settings apart
+    g_full, g_sources = base_gradient(reference, batch), base_gradient(reference, sources_only)
+    assert float((g_full["classifier.weight"] - g_sources["classifier.weight"]).norm()) > 1e-3
+
+
+def test_shots_out_of_base_needs_the_target_shot_episode():
+    with pytest.raises(ConfigError, match="meta_episode=target_shots"):
+        create_stepper("init", make_learner("erm", protocol="ssda"), hparams("init", meta_shots_in_base=False), 10, S)
+
+
 def test_target_shot_episode_refuses_batches_and_protocols_without_shots():
     batch, _, _ = ssda_batch()
     with pytest.raises(TrainingError):

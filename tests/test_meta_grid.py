@@ -97,6 +97,17 @@ def test_unknown_arm_is_a_one_line_error(tmp_path):
         "--arms: unknown arm 'inti' for dann-msda; known: base, base-lr, init, init-all, init-inner0"]
 
 
+def test_shots_meta_arm_is_offered_only_where_there_are_target_shots(tmp_path):
+    meta_grid = load_meta_grid()
+    assert meta_grid.arm_options("mme-ssda", "init-shots-meta") == ("init", ["meta_episode=target_shots", "meta_shots_in_base=false"])
+    assert "init-shots-meta" in meta_grid.arms_of("mme-ssda", optional=True)
+    assert "init-shots-meta" not in meta_grid.arms_of("mme-ssda") + meta_grid.arms_of("dann-msda", optional=True)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--families", "dann-msda", "--arms", "init-shots-meta", "--out", str(tmp_path / "m.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
+        "--arms: unknown arm 'init-shots-meta' for dann-msda; known: base, base-lr, init, init-all, init-inner0"]
+
+
 def test_table_pairs_each_arm_with_base_and_reports_training_time(tmp_path):
     def row(arm, target, acc, speed):
         return {"family": "dann-msda", "arm": arm, "target": target, "seed": 0, "test_acc": acc, "seconds": 600.0,

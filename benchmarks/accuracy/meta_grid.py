@@ -11,7 +11,9 @@ Families (learner, protocol, wrapper) and their arms::
     erm-dg-critic:          base | critic | critic-warm (critic started from this grid's ERM base
                             model of the same target and seed, as the official code starts from a
                             converged baseline; trains the full budget again on top)
-    optional (only with --arms): init-all (the meta term averaged over every held-out split each step,
+    optional (only with --arms): init-shots-meta (mme-ssda: the target shots only in the meta-test term,
+                            --set meta_shots_in_base=false; an extension, not the paper's episode);
+                            init-all (the meta term averaged over every held-out split each step,
                             --set meta_splits=all; the default takes one split a step)
 
 The base-lr control: under SGD the online meta term lengthens each step by at most ``meta_weight``
@@ -72,12 +74,16 @@ CRITIC_ARMS = ("base", "critic", "critic-warm")
 #: arms run only when named in --arms: init-all averages the meta term over every held-out split each
 #: step (meta_splits=all, the default before the one-split estimate; 2.2x its step time)
 OPTIONAL_INIT_ARMS = ("init-all",)
+#: ssda only: init-shots-meta keeps the labelled target shots out of the base step (meta_shots_in_base=false),
+#: so they are seen only as the meta-test loss, which the base step otherwise memorises to ~0
+OPTIONAL_SSDA_ARMS = ("init-shots-meta",)
 
 
 def arms_of(family: str, optional: bool = False) -> tuple[str, ...]:
     if FAMILIES[family][2] == "critic":
         return CRITIC_ARMS
-    return INIT_ARMS + (OPTIONAL_INIT_ARMS if optional else ())
+    ssda = OPTIONAL_SSDA_ARMS if FAMILIES[family][1] == "ssda" else ()
+    return INIT_ARMS + ((OPTIONAL_INIT_ARMS + ssda) if optional else ())
 
 
 def arm_options(family: str, arm: str) -> tuple[str, list[str]]:
@@ -94,6 +100,8 @@ def arm_options(family: str, arm: str) -> tuple[str, list[str]]:
         return "init", episode + ["inner_lr=0"]
     if arm == "init-all":
         return "init", episode + ["meta_splits=all"]
+    if arm == "init-shots-meta":
+        return "init", episode + ["meta_shots_in_base=false"]
     if arm == "base-lr":
         lr = default_hparams(base)["lr"] * (1 + default_hparams(base, "init")["meta_weight"])
         return "none", [f"lr={lr:g}"]

@@ -8,7 +8,10 @@ terms average over them; ``sample`` draws one split (each source held out once p
 :class:`EpisodeSampler`), an unbiased but noisier estimate of the same all-splits mean.
 ``meta_episode=target_shots`` (``ssda`` only) is MetaDA's SSDA episode instead: meta-train = every
 labelled source with the real unlabelled target images as the adaptation target, meta-test = the
-labelled target shots (domain index ``S``).
+labelled target shots (domain index ``S``). The base step trains on the shots too (as MME does);
+``meta_shots_in_base=false`` keeps them out of it, so they reach the model only as the meta-test
+loss at the adapted parameters (an extension: with 3 shots a class the base step memorises them and
+the meta-test loss it leaves is near zero, see the README's issue-17 section).
 
 Step sizes: :meth:`EpisodicStepper.step_sizes` gives every parameter its group's current outer
 learning rate (schedule applied), so a term's inner step ``inner_lr`` is a multiple of it
@@ -35,7 +38,7 @@ from typing import Iterator, Protocol, Sequence
 import torch
 
 from dgmeta.errors import ConfigError, TrainingError
-from dgmeta.hparam_spec import HParam, fraction, one_of, positive
+from dgmeta.hparam_spec import FLAG, HParam, fraction, one_of, positive
 from dgmeta.learners.base import Batch, Learner
 from dgmeta.meta.episodes import Episode, EpisodeSampler, split_batch, target_shot_episode
 from dgmeta.models.freezing import batchnorm_eval
@@ -54,6 +57,7 @@ def episode_hparams(splits: str) -> dict[str, HParam]:
         "meta_test_domains": HParam(1, lambda r: 1, "held-out source domains per episode", positive(integer=True)),
         "meta_splits": HParam(splits, lambda r: splits, "all (average the meta terms over every held-out split each step, as DomainBed's MLDG) | sample (one split a step, in rounds, as Feature-Critic's code)", one_of(*SPLITS)),
         "meta_episode": HParam("sources", lambda r: "sources", "sources (hold out source domains; under ssda an extension) | target_shots (ssda: MetaDA's episode, meta-test = the labelled target shots)", one_of(*EPISODES)),
+        "meta_shots_in_base": HParam(True, lambda r: True, "meta_episode=target_shots: the base step also trains on the labelled target shots (false: only the meta-test term sees them; an extension)", FLAG),
         "episode_bn": HParam("base", lambda r: "base", "base (episodes use the base step's batch-norm mode: frozen under freeze_bn) | batch (batch statistics in episodes)", one_of(*EPISODE_BN)),
         "meta_batch_fraction": HParam(1.0, lambda r: float(r.choice([0.5, 1.0])), "share of each domain's batch used in the episode (1: full per-domain batches, as MLDG)", fraction(low_open=True, high_open=False)),
     }
@@ -144,6 +148,11 @@ class EpisodicStepper(StageStepper):
                     "use --protocol ssda, or --set meta_episode=sources",
                 )
             self.sampler = None  # one fixed split: sources -> target shots
+        elif not hparams["meta_shots_in_base"]:
+            raise ConfigError(
+                "meta_shots_in_base=false only applies to meta_episode=target_shots (no other episode scores the shots)",
+                "add --set meta_episode=target_shots under --protocol ssda, or drop meta_shots_in_base",
+            )
         else:
             self.sampler = EpisodeSampler(self.sources, self.meta_test_domains, seed)
         self.terms: list[MetaTerm] = list(terms)
@@ -239,6 +248,11 @@ class EpisodicStepper(StageStepper):
                 m.train(mode)
 
     # -- the step -------------------------------------------------------------------------------
+    def base_batch(self, batch: Batch) -> Batch:
+        if self.hparams["meta_shots_in_base"] or self.sampler is not None:
+            return batch
+        return batch.select(batch.domain != self.sources)  # the shots' index; target_x is kept
+
     def add_gradients(self, batch: Batch, progress: float) -> dict[str, float]:
         if not self.online_terms:
             return {}

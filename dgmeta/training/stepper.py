@@ -119,7 +119,7 @@ class StageStepper:
             for _ in range(stage.repeat):
                 for opt in opts:
                     opt.zero_grad(set_to_none=True)
-                objective = self.learner(batch, stage=stage.name, progress=p)
+                objective = self.learner(self.base_batch(batch), stage=stage.name, progress=p)
                 self._check_finite(stage, objective)
                 scaler = self.scaler
                 (objective.loss if scaler is None else scaler.scale(objective.loss)).backward()
@@ -150,6 +150,10 @@ class StageStepper:
                 logs[prefix + "loss"] = float(objective.loss.detach())
         self.step_count += 1
         return logs
+
+    def base_batch(self, batch: Batch) -> Batch:
+        """Hook: the part of ``batch`` the learner's own stages train on (all of it here)."""
+        return batch
 
     def add_gradients(self, batch: Batch, progress: float) -> dict[str, float]:
         """Hook: add extra gradients into ``.grad`` before the first stage's optimizer step."""
