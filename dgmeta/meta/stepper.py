@@ -10,8 +10,8 @@ terms average over them; ``sample`` draws one split (each source held out once p
 labelled source with the real unlabelled target images as the adaptation target, meta-test = the
 labelled target shots (domain index ``S``). The base step trains on the shots too (as MME does);
 ``meta_shots_in_base=false`` keeps them out of it, so they reach the model only as the meta-test
-loss at the adapted parameters (an extension: with 3 shots a class the base step memorises them and
-the meta-test loss it leaves is near zero, see the README's issue-17 section).
+loss at the adapted parameters (an extension; with 3 shots a class the meta term then memorises them
+itself, as fast as the base step does: measured in the README's issue-17 section).
 
 Step sizes: :meth:`EpisodicStepper.step_sizes` gives every parameter its group's current outer
 learning rate (schedule applied), so a term's inner step ``inner_lr`` is a multiple of it

@@ -114,12 +114,13 @@ class StageStepper:
             batchnorm_eval(self.learner)
         self._set_learning_rates()
         logs: dict[str, float] = {}
+        own_batch = self.base_batch(batch)
         for index, stage in enumerate(self.stages):
             opts = self.stage_optimizers(stage)
             for _ in range(stage.repeat):
                 for opt in opts:
                     opt.zero_grad(set_to_none=True)
-                objective = self.learner(self.base_batch(batch), stage=stage.name, progress=p)
+                objective = self.learner(own_batch, stage=stage.name, progress=p)
                 self._check_finite(stage, objective)
                 scaler = self.scaler
                 (objective.loss if scaler is None else scaler.scale(objective.loss)).backward()
