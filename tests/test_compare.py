@@ -15,7 +15,8 @@ from scipy import stats as scipy_stats
 from dgmeta.cli.main import main
 from dgmeta.errors import ConfigError
 from dgmeta.tracking import stats
-from dgmeta.tracking.compare import AVERAGE, compare, load_runs, render, to_csv
+from dgmeta.tracking.compare import AVERAGE, compare, load_runs
+from dgmeta.tracking.compare_report import render, to_csv
 from tests.fake_runs import _template_store, log_child, store  # noqa: F401 (fixtures)
 
 # meta=none vs meta=init, two targets, three seeds; init is +2 pp on d0 and +1..+3 on d1.

@@ -10,7 +10,8 @@ from scipy import stats as scipy_stats
 
 from dgmeta.cli.main import main
 from dgmeta.errors import ConfigError
-from dgmeta.tracking.compare import AVERAGE, compare, render
+from dgmeta.tracking.compare import AVERAGE, compare
+from dgmeta.tracking.compare_report import render
 from tests.fake_runs import _template_store, fake_train, log_child, store  # noqa: F401 (fixtures)
 
 # Three settings on three domains, built so that the three rules disagree on target d0:

@@ -39,7 +39,8 @@ def compare(
     """
     from dgmeta.errors import ConfigError
     from dgmeta.tracking.compare import compare as run_compare
-    from dgmeta.tracking.compare import log_report, parse_group_by, print_table, render
+    from dgmeta.tracking.compare import parse_group_by
+    from dgmeta.tracking.compare_report import log_report, print_table, render
 
     if fmt is None:
         fmt = _SUFFIX_FORMAT.get(output.suffix.lower(), "table") if output else "table"

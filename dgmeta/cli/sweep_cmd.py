@@ -111,7 +111,7 @@ def sweep(
 
 def _print_selection(config, plan, select: str) -> None:
     from dgmeta.orchestration.sweep import sweep_results
-    from dgmeta.tracking.compare import print_table
+    from dgmeta.tracking.compare_report import print_table
 
     comparison = sweep_results(config, plan, select)
     print_table(comparison)  # with no rows it still prints why (e.g. leave-one-domain-out over one target)

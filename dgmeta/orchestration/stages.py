@@ -133,7 +133,8 @@ def run_pipeline(
 
 
 def evaluate_stage(evaluation: "Evaluation", client, echo: Callable[[str], None]) -> dict[str, Any]:
-    from dgmeta.tracking.compare import AVERAGE, compare_runs, render, to_markdown
+    from dgmeta.tracking.compare import AVERAGE, compare_runs
+    from dgmeta.tracking.compare_report import render, to_markdown
 
     comparison = compare_runs(evaluation.runs, SUMMARY_GROUP)
     echo(render(comparison, "table").rstrip())

@@ -11,16 +11,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dgmeta.tracking.compare import (
-    AVERAGE,
-    EXCLUDED_COLUMNS,
-    LODO_CAVEAT,
-    Comparison,
-    excluded_lines,
-    row_cells,
-    selection_line,
-    table_columns,
-)
+from dgmeta.tracking.compare import AVERAGE, LODO_CAVEAT, Comparison
+from dgmeta.tracking.compare_report import EXCLUDED_COLUMNS, excluded_lines, row_cells, selection_line, table_columns
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
