@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dgmeta.training.data import DomainArrays, JobData
+
 CLASS_COLOURS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (230, 200, 30)]
 
 
@@ -46,3 +48,15 @@ def meta_modes() -> list[str]:
     # composed in the order the README's runs use (init before critic); others follow by name
     ordered = sorted(terms, key=lambda name: (name != "init", name))
     return ["none", *terms, "+".join(ordered)] if len(terms) > 1 else ["none", *terms]
+
+
+def tiny_job_data() -> JobData:
+    """Two sources, a target with unlabelled images (msda): random 24 px images, labels 0/1."""
+    rng = np.random.default_rng(0)
+
+    def arrays(n: int) -> DomainArrays:
+        return DomainArrays(rng.integers(0, 255, (n, 3, 24, 24), dtype=np.uint8), rng.integers(0, 2, n).astype(np.int64))
+
+    data = JobData(["d0", "d1"], "d2", [arrays(8), arrays(8)], [arrays(4), arrays(4)], arrays(6))
+    data.target_unlabelled = arrays(8)
+    return data

@@ -31,9 +31,9 @@ from dgmeta.meta.episodes import split_batch
 from dgmeta.meta.gradient import meta_gradient
 from dgmeta.models import create_network
 from dgmeta.runs.job import seed_everything
-from dgmeta.training.data import DomainArrays, JobData
 from dgmeta.training.stepper import StageStepper
 from dgmeta.training.trainer import BatchSource, Trainer
+from tests.helpers import tiny_job_data
 
 pytestmark = pytest.mark.cuda
 DEVICE = torch.device(os.environ.get("DGMETA_CUDA_TEST_DEVICE", "cuda"))
@@ -208,17 +208,6 @@ def test_fewshot_maml_adapts_on_cuda_as_on_the_cpu():
     for c, g in zip(cpu_report.results, gpu_report.results):
         assert (c.method, c.shots) == (g.method, g.shots)
         assert g.accuracy == pytest.approx(c.accuracy, abs=1 / 12 + 1e-9)  # at most one query of an episode flips
-
-
-def tiny_job_data() -> JobData:
-    rng = np.random.default_rng(0)
-
-    def arrays(n: int) -> DomainArrays:
-        return DomainArrays(rng.integers(0, 255, (n, 3, 24, 24), dtype=np.uint8), rng.integers(0, 2, n).astype(np.int64))
-
-    data = JobData(["d0", "d1"], "d2", [arrays(8), arrays(8)], [arrays(4), arrays(4)], arrays(6))
-    data.target_unlabelled = arrays(8)
-    return data
 
 
 def make_trainer(base: str, meta: str, steps: int, precision: str = "fp32", **options) -> Trainer:

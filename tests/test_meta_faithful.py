@@ -19,7 +19,7 @@ from dgmeta.meta import create_stepper
 from dgmeta.meta.episodes import split_batch, target_shot_episode
 from dgmeta.meta.gradient import inner_adapt, meta_gradient, trainable_params
 from test_meta_fixtures import single_thread  # noqa: F401  (autouse)
-from test_meta_fixtures import DTYPE, blobs, make_learner
+from test_meta_fixtures import DTYPE, base_gradient, blobs, make_learner, snapshot
 
 S = 3
 LR = 0.1
@@ -28,18 +28,6 @@ PLAIN_SGD = {"optimizer": "sgd", "freeze_bn": False, "momentum": 0.0, "weight_de
 
 def hparams(meta: str, **overrides) -> dict:
     return apply_overrides(default_hparams("erm", meta), {**PLAIN_SGD, **overrides})
-
-
-def params_of(module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in module.named_parameters()}
-
-
-def base_gradient(learner, batch) -> dict[str, torch.Tensor]:
-    learner.zero_grad(set_to_none=True)
-    learner(batch, stage="main", progress=0.0).loss.backward()
-    grads = {n: p.grad.clone() for n, p in learner.named_parameters()}
-    learner.zero_grad(set_to_none=True)
-    return grads
 
 
 def held_out_gradient(learner, batch: Batch) -> dict[str, torch.Tensor]:
@@ -61,7 +49,7 @@ def test_all_splits_average_the_meta_term_over_every_held_out_split():
     explicit = [([0, 1], [2]), ([0, 2], [1]), ([1, 2], [0])]  # written out, not produced by the code under test
     per_split = [meta_gradient(reference, *split_batch(batch, tr, te), 0.0, 2.0 * LR, 1, 1).grads for tr, te in explicit]
     g_base = base_gradient(reference, batch)
-    for name, before in params_of(reference).items():
+    for name, before in snapshot(reference).items():
         mean = sum(g[name] for g in per_split) / len(per_split)
         expected = before - LR * (g_base[name] + 0.7 * mean)
         assert torch.allclose(dict(learner.named_parameters())[name], expected, rtol=1e-10, atol=1e-12), name
@@ -83,7 +71,7 @@ def test_default_term_is_the_meta_gradient_of_one_held_out_split_a_step():
     meta_train = [d for d in range(S) if d not in held_out]
     g_meta = meta_gradient(reference, *split_batch(batch, meta_train, held_out), 0.0, 2.0 * LR, 1, 1).grads
     g_base = base_gradient(reference, batch)
-    for name, before in params_of(reference).items():
+    for name, before in snapshot(reference).items():
         expected = before - LR * (g_base[name] + 0.7 * g_meta[name])
         assert torch.allclose(dict(learner.named_parameters())[name], expected, rtol=1e-10, atol=1e-12), name
 
@@ -113,7 +101,7 @@ def test_inner_step_sizes_follow_each_groups_outer_learning_rate():
 
     # the term steps each parameter by inner_lr x its own size: against a plain per-group SGD step
     episode = stepper.next_episodes(blobs(S, 6, seed=7))[0]
-    theta = params_of(learner)
+    theta = snapshot(learner)
     alphas = {n: 0.5 * s for n, s in sizes.items()}
     adapted = inner_adapt(learner, theta, episode.meta_train, 0.0, alphas, 1, create_graph=False).params
     model = copy.deepcopy(learner)
@@ -136,7 +124,7 @@ def test_inner_lr_zero_is_the_extra_supervised_term_control():
     create_stepper("init", learner, hp, 10, S, seed=0).step(batch)
     g_base = base_gradient(reference, batch)
     held_out = [held_out_gradient(reference, batch.select(batch.domain == d)) for d in range(S)]
-    for name, before in params_of(reference).items():
+    for name, before in snapshot(reference).items():
         expected = before - LR * (g_base[name] + sum(g[name] for g in held_out) / S)
         assert torch.allclose(dict(learner.named_parameters())[name], expected, rtol=1e-10, atol=1e-12), name
 
@@ -144,7 +132,7 @@ def test_inner_lr_zero_is_the_extra_supervised_term_control():
 def test_adam_inner_step_is_a_fresh_adams_first_step():
     learner = make_learner("erm")
     batch = blobs(S, 6, seed=4)
-    theta = params_of(learner)
+    theta = snapshot(learner)
     adapted = inner_adapt(learner, theta, batch, 0.0, 0.01, 1, create_graph=False, rule="adam").params
     model = copy.deepcopy(learner)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -178,7 +166,7 @@ def test_shortest_path_is_the_path_sum_of_gradients():
     # ... which is the (theta - theta_end) / alpha of the episode's whole SGD path
     with torch.no_grad():
         end = {n: p - alpha * g_val[n] for n, p in model.named_parameters()}
-    for name, start in params_of(learner).items():
+    for name, start in snapshot(learner).items():
         assert torch.allclose((start - end[name]) / alpha, result[name], rtol=1e-8, atol=1e-10), name
     fomaml = meta_gradient(learner, train, test, 0.0, alpha, 1, 1).grads
     assert float((fomaml["classifier.weight"] - result["classifier.weight"]).norm()) > 1e-3
@@ -231,7 +219,7 @@ def test_shots_in_base_decides_whether_the_base_step_trains_on_the_target_shots(
     g_base = base_gradient(reference, batch if shots_in_base else sources_only)
     episode = target_shot_episode(batch, S)  # the meta term scores the shots either way
     g_meta = meta_gradient(reference, episode.meta_train, episode.meta_test, 0.0, 2.0 * LR, 1, 1).grads
-    for name, before in params_of(reference).items():
+    for name, before in snapshot(reference).items():
         expected = before - LR * (g_base[name] + 0.7 * g_meta[name])
         assert torch.allclose(dict(learner.named_parameters())[name], expected, rtol=1e-10, atol=1e-12), name
     # the shots do move the base gradient, so the check above tells the two settings apart
@@ -274,7 +262,7 @@ def test_offline_episodes_follow_the_batch_norm_policy(policy):
     other = copy.deepcopy(reference)
     other.featurizer[1].train(policy == "base")
     g_other = meta_gradient(other, episode.meta_train, episode.meta_test, 0.0, LR, 1, 1).grads
-    for name, before in params_of(reference).items():
+    for name, before in snapshot(reference).items():
         assert torch.allclose(dict(learner.named_parameters())[name], before - 0.05 * g[name], rtol=1e-10, atol=1e-12), name
     assert float((g["featurizer.0.weight"] - g_other["featurizer.0.weight"]).norm()) > 1e-4
 

@@ -109,3 +109,17 @@ def accuracy(learner: Learner, batch: Batch) -> float:
     learner.eval()
     with torch.no_grad():
         return float((learner.predict(batch.x).argmax(1) == batch.y).double().mean())
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of the parameters, to compare before and after a step."""
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def base_gradient(learner, batch) -> dict[str, torch.Tensor]:
+    """The gradient of the learner's own (stage "main") loss alone, with no meta term: the reference a step adds to."""
+    learner.zero_grad(set_to_none=True)
+    learner(batch, stage="main", progress=0.0).loss.backward()
+    grads = {n: p.grad.clone() for n, p in learner.named_parameters()}
+    learner.zero_grad(set_to_none=True)
+    return grads

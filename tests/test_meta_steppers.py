@@ -18,7 +18,7 @@ from dgmeta.meta.gradient import functional_features, meta_gradient, scratch_buf
 from dgmeta.meta.init import MetaInitTerm
 from dgmeta.training.stepper import StageStepper
 from test_meta_fixtures import single_thread  # noqa: F401  (autouse)
-from test_meta_fixtures import DTYPE, accuracy, blobs, make_learner
+from test_meta_fixtures import DTYPE, accuracy, base_gradient, blobs, make_learner, snapshot
 
 S = 3
 PLAIN_SGD = {"optimizer": "sgd", "freeze_bn": False, "momentum": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "head_lr_mult": 1.0, "lr": 0.1}
@@ -30,18 +30,6 @@ def hparams(meta: str, base: str = "erm", **overrides) -> dict:
     # (the all-splits average has its own tests in test_meta_faithful.py)
     one_episode = {"meta_batch_fraction": 1.0, "meta_splits": "sample"} if "meta_batch_fraction" in defaults else {}
     return apply_overrides(defaults, {**PLAIN_SGD, **one_episode, **overrides})
-
-
-def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in module.named_parameters()}
-
-
-def base_gradient(learner, batch) -> dict[str, torch.Tensor]:
-    learner.zero_grad(set_to_none=True)
-    learner(batch, stage="main", progress=0.0).loss.backward()
-    grads = {n: p.grad.clone() for n, p in learner.named_parameters()}
-    learner.zero_grad(set_to_none=True)
-    return grads
 
 
 def first_episode(batch, seed=0, held_out=1):

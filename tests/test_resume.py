@@ -23,9 +23,8 @@ from dgmeta.meta import create_stepper
 from dgmeta.models import create_network
 from dgmeta.runs.job import seed_everything
 from dgmeta.training.checkpointing import JobCheckpoint, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from dgmeta.training.data import DomainArrays, JobData
 from dgmeta.training.trainer import BatchSource, Trainer
-from tests.helpers import make_folder_dataset
+from tests.helpers import make_folder_dataset, tiny_job_data
 
 STEPS = 30
 
@@ -151,18 +150,6 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 # -- in process: every learner and meta stepper continues exactly ----------------------------------
-def tiny_job_data() -> JobData:
-    """Two sources, a target with unlabelled images (msda): random 24 px images, labels 0/1."""
-    rng = np.random.default_rng(0)
-
-    def arrays(n: int) -> DomainArrays:
-        return DomainArrays(rng.integers(0, 255, (n, 3, 24, 24), dtype=np.uint8), rng.integers(0, 2, n).astype(np.int64))
-
-    data = JobData(["d0", "d1"], "d2", [arrays(8), arrays(8)], [arrays(4), arrays(4)], arrays(6))
-    data.target_unlabelled = arrays(8)
-    return data
-
-
 def make_trainer(base: str, meta: str, protocol: str, steps: int, **options) -> Trainer:
     seed_everything(0, deterministic=True)
     data = tiny_job_data()
