@@ -165,10 +165,11 @@ def test_double_backward_on_cuda_is_pytorchs_own_and_equals_the_cpus_fast_one():
 def test_feature_critic_steps_on_cuda_as_on_the_cpu():
     cpu, gpu = twins("erm", "dg")
     batch = make_batch("dg")
+    hparams = {**default_hparams("erm", "critic"), **cpu.hparams}  # the critic's own hyperparameters too
     torch.manual_seed(3)
-    cpu_stepper = create_stepper("critic", cpu, cpu.hparams, 20, SOURCES, 0)
+    cpu_stepper = create_stepper("critic", cpu, hparams, 20, SOURCES, 0)
     torch.manual_seed(3)
-    gpu_stepper = create_stepper("critic", gpu, gpu.hparams, 20, SOURCES, 0)
+    gpu_stepper = create_stepper("critic", gpu, hparams, 20, SOURCES, 0)
     critic = gpu_stepper.term("critic").critic if hasattr(gpu_stepper.term("critic"), "critic") else None
     cpu_logs, gpu_logs = cpu_stepper.step(batch), gpu_stepper.step(batch.to(DEVICE))
     if critic is not None:
