@@ -224,3 +224,47 @@ def test_until_starts_no_job_that_would_run_past_it_and_a_bad_time_is_a_one_line
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines() == ["--until '25:00': give a local time as HH:MM, e.g. --until 23:30"]
+
+
+def test_the_grid_scripts_name_only_known_families_arms_and_result_files(tmp_path):
+    """meta_grids.sh and default_recipe_grids.sh run for hours across sessions: a typo in a family, an arm, a
+    recipe or a --base-from file would surface only when its turn comes. A stand-in ``python`` records each call."""
+    import shlex
+    import stat
+
+    spec = importlib.util.spec_from_file_location("recipe_grid", SCRIPT.parent / "recipe_grid.py")
+    recipe_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe_grid)
+    meta_grid = load_meta_grid()
+    stub_dir = tmp_path / "bin"
+    stub_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    stub = stub_dir / "python"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    env = {"PATH": f"{stub_dir}:/usr/bin:/bin", "UNTIL": "23:59"}
+    for script in ("meta_grids.sh", "default_recipe_grids.sh"):
+        subprocess.run(["bash", str(SCRIPT.parent / script), "--data-root", "/data"], env=env, check=True, timeout=60)
+    lines = calls.read_text().splitlines()
+    meta_calls = [shlex.split(line) for line in lines if "meta_grid.py" in line]
+    recipe_calls = [shlex.split(line) for line in lines if "recipe_grid.py" in line]
+    assert meta_calls and recipe_calls and len(meta_calls) + len(recipe_calls) == len(lines)
+
+    def value(argv, flag):
+        return argv[argv.index(flag) + 1] if flag in argv else None
+
+    for argv in meta_calls + recipe_calls:
+        assert value(argv, "--data-root") == "/data" and value(argv, "--until") == "23:59", argv
+        for path in [value(argv, "--out")] + [argv[i + 1] for i, a in enumerate(argv) if a == "--base-from"]:
+            assert path and (REPO / path).parent.is_dir(), argv
+    for argv in meta_calls:
+        families = value(argv, "--families").split(",")
+        for family in families:
+            assert family in meta_grid.FAMILIES, argv
+            arms = value(argv, "--arms")
+            if arms:
+                assert set(arms.split(",")) <= set(meta_grid.arms_of(family, optional=True)), argv
+        for path in [argv[i + 1] for i, a in enumerate(argv) if a == "--base-from"]:
+            assert (REPO / path).is_file(), f"--base-from {path}: the file must exist before the grid runs"
+    for argv in recipe_calls:
+        assert set(value(argv, "--recipes").split(",")) <= set(recipe_grid.RECIPES), argv

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every job still open in README "Meta defaults, options and controls" (issue 17), in the order that spreads
+# the machine's hours best: the DANN family's controls on the seeds its pairs cover, then seed by seed the
+# other families' pairs (MME + init, Feature-Critic around ERM, MCD + init), so every family reaches four
+# pairs (one seed, all targets) before any reaches eight. MCD's base runs go to issue 15's MCD table
+# (mcd_msda_default.jsonl) and are reused from there. Each command resumes: finished rows are skipped and
+# an interrupted run continues from its checkpoint, so the script can be stopped anywhere and started again.
+#
+#   OMP_NUM_THREADS=2 bash benchmarks/accuracy/meta_grids.sh [--data-root DIR]
+#
+# UNTIL=HH:MM starts no run expected to end after that local time; a command whose next run does not fit
+# skips it and the next command may start a shorter one. Runs take 21-75 minutes each on a 2-core CPU;
+# tables: python benchmarks/accuracy/meta_grid.py --table benchmarks/results/accuracy/meta_grid.jsonl
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA_ROOT=${DATA_ROOT:-../shared/data}
+if [[ ${1:-} == "--data-root" ]]; then DATA_ROOT=$2; fi
+RESULTS=benchmarks/results/accuracy
+ALL=art_painting,cartoon,photo,sketch
+meta() { python benchmarks/accuracy/meta_grid.py --data-root "$DATA_ROOT" ${UNTIL:+--until "$UNTIL"} --out $RESULTS/meta_grid.jsonl "$@"; }
+recipe() { python benchmarks/accuracy/recipe_grid.py --data-root "$DATA_ROOT" ${UNTIL:+--until "$UNTIL"} "$@"; }
+
+for seed in 1 2; do
+  meta --families dann-msda --arms init-inner0,base-lr --targets $ALL --seeds $seed
+done
+for seed in 0 1 2; do
+  meta --families mme-ssda --arms base,init --targets $ALL --seeds $seed
+  meta --families erm-dg-critic --arms base,critic --targets $ALL --seeds $seed --base-from $RESULTS/erm_default.jsonl
+  recipe --recipes default --base mcd --targets $ALL --seeds $seed --out $RESULTS/mcd_msda_default.jsonl
+  meta --families mcd-msda --arms base,init --targets $ALL --seeds $seed --base-from $RESULTS/mcd_msda_default.jsonl
+done
