@@ -11,23 +11,17 @@
 # session can stop the script with no half-trained run.
 # Each run takes 17-35 minutes on a 2-core CPU (about 60 runs remain after ERM and DANN msda); the
 # tables are rendered with the --table commands in README.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-DATA_ROOT=${DATA_ROOT:-../shared/data}
-if [[ ${1:-} == "--data-root" ]]; then DATA_ROOT=$2; fi
-RESULTS=benchmarks/results/accuracy
-ALL=art_painting,cartoon,photo,sketch
-grid() { python benchmarks/accuracy/recipe_grid.py --data-root "$DATA_ROOT" ${UNTIL:+--until "$UNTIL"} "$@"; }
+source "$(dirname "$0")/grid_common.sh"
 
 for seeds in 0 0,1,2; do
-  grid --recipes default --base erm --targets $ALL --seeds $seeds --out $RESULTS/erm_default.jsonl
-  grid --recipes default --base dann --targets $ALL --seeds $seeds --out $RESULTS/dann_msda_default.jsonl
-  grid --recipes default --base mcd --targets $ALL --seeds $seeds --out $RESULTS/mcd_msda_default.jsonl
-  grid --recipes default --base jigen --protocol msda --targets $ALL --seeds $seeds --out $RESULTS/jigen_msda_default.jsonl
-  grid --recipes default --base dann --protocol dg --targets $ALL --seeds $seeds --out $RESULTS/dann_dg_default.jsonl
-  grid --recipes default --base jigen --protocol dg --targets $ALL --seeds $seeds --out $RESULTS/jigen_dg_default.jsonl
+  recipe --recipes default --base erm --targets $ALL --seeds $seeds --out $RESULTS/erm_default.jsonl
+  recipe --recipes default --base dann --targets $ALL --seeds $seeds --out $RESULTS/dann_msda_default.jsonl
+  recipe --recipes default --base mcd --targets $ALL --seeds $seeds --out $RESULTS/mcd_msda_default.jsonl
+  recipe --recipes default --base jigen --protocol msda --targets $ALL --seeds $seeds --out $RESULTS/jigen_msda_default.jsonl
+  recipe --recipes default --base dann --protocol dg --targets $ALL --seeds $seeds --out $RESULTS/dann_dg_default.jsonl
+  recipe --recipes default --base jigen --protocol dg --targets $ALL --seeds $seeds --out $RESULTS/jigen_dg_default.jsonl
   if [[ $seeds == 0 ]]; then
-    grid --recipes train224,freeze0,bn-trained,sgd,lr3e-4,lr5e-5,lp-ft --base erm \
+    recipe --recipes train224,freeze0,bn-trained,sgd,lr3e-4,lr5e-5,lp-ft --base erm \
       --targets art_painting,sketch --seeds 0 --out $RESULTS/erm_ablation.jsonl
   fi
 done

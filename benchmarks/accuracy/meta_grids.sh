@@ -11,14 +11,7 @@
 # UNTIL=HH:MM starts no run expected to end after that local time; a command whose next run does not fit
 # skips it and the next command may start a shorter one. Runs take 21-75 minutes each on a 2-core CPU;
 # tables: python benchmarks/accuracy/meta_grid.py --table benchmarks/results/accuracy/meta_grid.jsonl
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-DATA_ROOT=${DATA_ROOT:-../shared/data}
-if [[ ${1:-} == "--data-root" ]]; then DATA_ROOT=$2; fi
-RESULTS=benchmarks/results/accuracy
-ALL=art_painting,cartoon,photo,sketch
-meta() { python benchmarks/accuracy/meta_grid.py --data-root "$DATA_ROOT" ${UNTIL:+--until "$UNTIL"} --out $RESULTS/meta_grid.jsonl "$@"; }
-recipe() { python benchmarks/accuracy/recipe_grid.py --data-root "$DATA_ROOT" ${UNTIL:+--until "$UNTIL"} "$@"; }
+source "$(dirname "$0")/grid_common.sh"
 
 for seed in 1 2; do
   meta --families dann-msda --arms init-inner0,base-lr --targets $ALL --seeds $seed
