@@ -68,3 +68,21 @@ def test_network_head_fitted_on_source_images_classifies_unseen_ones():
     with torch.no_grad():
         logits = network.classifier(network.featurizer(torch.from_numpy(test.images).float() / 255))
     assert (logits.argmax(1).numpy() == test.labels).mean() > 0.95
+
+
+def test_frozen_features_of_read_only_images_hand_torch_a_writable_copy(monkeypatch):
+    """The decoded-image cache is a read-only memory map; torch warns (once per process) when given a
+    read-only array, so the check is on what reaches ``torch.from_numpy``."""
+    from dgmeta.training import head_init
+
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 3, 8, 8), dtype=np.uint8)
+    read_only = images.copy()
+    read_only.flags.writeable = False
+    handed = []
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(head_init.torch, "from_numpy", lambda a: handed.append(a.flags.writeable) or from_numpy(a))
+    featurizer = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    features = head_init.frozen_features(featurizer, read_only, size=8, batch=2)
+    assert handed == [True, True, True]
+    assert np.allclose(features, head_init.frozen_features(featurizer, images, size=8, batch=2))
+    assert not np.allclose(features, 0)

@@ -19,6 +19,8 @@ discriminator itself always learns at full strength. Logged terms: ``cls``, ``ad
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -76,14 +78,38 @@ class DANN(Learner):
         target_side = torch.ones(len(target_x), dtype=torch.long, device=target_x.device)
         return torch.cat([batch.x, target_x]), torch.cat([labelled_is_target.long(), target_side])
 
+    def alignment_weights(self, batch: Batch, features: Tensor, logits: Tensor) -> AlignmentWeights:
+        """Per-sample weights of the classification and the adversarial loss: uniform for DANN
+        (IWDAN overrides this with its class ratios)."""
+        return AlignmentWeights()
+
     def objective(self, stage: str, batch: Batch, progress: float) -> Objective:
         x, domains = self.discriminator_inputs(batch)
         # One pass over labelled + target images: batch-norm sees both domains, as in DANN.
         features = self.featurizer(x)
-        cls = F.cross_entropy(self.classifier(features[: len(batch)]), batch.y)
+        logits = self.classifier(features[: len(batch)])
+        weights = self.alignment_weights(batch, features, logits)
+        cls = weighted_cross_entropy(logits, batch.y, weights.classification)
         coeff = self.adversarial_coefficient(progress)
-        adv, disc_acc = self.adversary(features, domains, coeff)
-        return Objective(
-            cls + adv,
-            {"cls": cls.detach(), "adv": adv.detach(), "disc_acc": disc_acc, "lambda": torch.tensor(coeff)},
-        )
+        adv, disc_acc = self.adversary(features, domains, coeff, weights.discriminator)
+        terms = {"cls": cls.detach(), "adv": adv.detach(), "disc_acc": disc_acc, "lambda": torch.tensor(coeff)}
+        return Objective(cls + adv, {**terms, **weights.terms})
+
+
+class AlignmentWeights(NamedTuple):
+    """``classification``: ``[len(batch)]`` weights of the labelled images' cross-entropy;
+    ``discriminator``: ``[N]`` within-domain weights of every image the discriminator sees
+    (:class:`~dgmeta.losses.DomainAdversarialLoss`); ``None`` = uniform. ``terms`` are logged."""
+
+    classification: Tensor | None = None
+    discriminator: Tensor | None = None
+    terms: dict = {}
+
+
+def weighted_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor | None) -> Tensor:
+    """The weighted mean ``sum_i c_i CE_i / sum_i c_i`` (the plain mean when ``weights`` is None),
+    so reweighting changes which images count, not the loss scale the step sizes were tuned for."""
+    if weights is None:
+        return F.cross_entropy(logits, labels)
+    weights = weights.detach().to(logits.dtype)
+    return (weights * F.cross_entropy(logits, labels, reduction="none")).sum() / weights.sum().clamp_min(1e-12)

@@ -1,5 +1,6 @@
 """Losses used by the base DA learners: gradient reversal + domain-adversarial loss (DANN),
-classifier discrepancy (MCD) and prediction entropy (JiGen's DA variant)."""
+classifier discrepancy (MCD), prediction entropy (JiGen's DA variant, MME) and the label-shift class
+ratios of IWDAN."""
 
 from dgmeta.losses.adversarial import (
     AdversarialResult,
@@ -12,9 +13,11 @@ from dgmeta.losses.adversarial import (
 )
 from dgmeta.losses.discrepancy import classifier_discrepancy
 from dgmeta.losses.entropy import prediction_entropy
+from dgmeta.losses.label_shift import ClassRatioEstimator, solve_class_ratios
 
 __all__ = [
     "AdversarialResult",
+    "ClassRatioEstimator",
     "DomainAdversarialLoss",
     "DomainDiscriminator",
     "GradientReversalLayer",
@@ -23,4 +26,5 @@ __all__ = [
     "dann_lambda",
     "grad_reverse",
     "prediction_entropy",
+    "solve_class_ratios",
 ]

@@ -112,6 +112,9 @@ class DomainAdversarialLoss(nn.Module):
         - features: ``[N, F]`` features (the featurizer's output, not detached).
         - domains: ``[N]`` long domain labels in ``0..K-1``.
         - coeff: the GRL coefficient :math:`\lambda` (``0`` trains only the discriminator).
+        - sample_weights: optional ``[N]`` non-negative weights *within* each domain (e.g. IWDAN's
+          class ratios on the source side): a domain's samples weigh in proportion to them and the
+          domain as a whole still weighs ``1 / |D_present|``. ``None`` = uniform.
 
     Returns:
         :class:`AdversarialResult` ``(loss, accuracy)``.
@@ -130,16 +133,25 @@ class DomainAdversarialLoss(nn.Module):
         self.discriminator = discriminator
         self.grl = GradientReversalLayer()
 
-    def forward(self, features: Tensor, domains: Tensor, coeff: float = 1.0) -> AdversarialResult:
+    def forward(
+        self, features: Tensor, domains: Tensor, coeff: float = 1.0, sample_weights: Tensor | None = None
+    ) -> AdversarialResult:
         logits = self.discriminator(self.grl(features, coeff))
-        weights = _domain_balanced_weights(domains, logits.shape[1])
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        weights = _domain_balanced_weights(domains, logits.shape[1], sample_weights, dtype)
         loss = (weights * F.cross_entropy(logits, domains, reduction="none")).sum()
         correct = (logits.detach().argmax(dim=1) == domains).to(weights.dtype)
         return AdversarialResult(loss, (weights * correct).sum().detach())
 
 
-def _domain_balanced_weights(domains: Tensor, num_domains: int) -> Tensor:
-    """Per-sample weights ``1 / (n_d * |domains present|)``; they sum to 1."""
-    counts = torch.bincount(domains, minlength=num_domains).to(torch.float32)
-    present = (counts > 0).sum()
-    return 1.0 / (counts[domains] * present)
+def _domain_balanced_weights(
+    domains: Tensor, num_domains: int, sample_weights: Tensor | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Per-sample weights ``s_i / (sum_{j in d_i} s_j * |domains present|)`` (``s = 1``: ``1 / (n_d * |present|)``);
+    they sum to 1. A domain whose sample weights are all zero drops out, as if absent."""
+    if sample_weights is None:
+        sample_weights = torch.ones(len(domains), device=domains.device)
+    sample_weights = sample_weights.detach().to(dtype)
+    totals = torch.zeros(num_domains, dtype=sample_weights.dtype, device=domains.device).index_add_(0, domains, sample_weights)
+    present = (totals > 0).sum()
+    return sample_weights / (totals[domains].clamp_min(torch.finfo(totals.dtype).tiny) * present)

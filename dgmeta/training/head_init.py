@@ -32,7 +32,8 @@ def frozen_features(featurizer: nn.Module, images: np.ndarray, size: int, batch:
     featurizer.eval()
     out = []
     for start in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch])).float().div_(255)
+        # a float32 copy: the decoded images may be a read-only memory map
+        x = torch.from_numpy(np.asarray(images[start:start + batch], dtype=np.float32)).div_(255)
         if x.shape[-1] != size:
             x = resize_batch(x, size)
         out.append(featurizer(x).float().numpy())
