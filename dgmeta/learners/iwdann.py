@@ -15,7 +15,7 @@ label shift). ``w`` is estimated during training from the model's own prediction
 Differences from the official code, each deliberate: the classification loss is the weighted
 *mean* (the official code also divides by the source class frequencies and by K, which changes the
 loss scale the recipe's step sizes were tuned for); the weights update every ``iw_update_every``
-steps rather than every 15 passes over the source data (a 600-step run makes about 4 passes in all).
+steps rather than every 15 passes over the source data (a 600-step PACS run makes 4-5 passes in all).
 Protocols: ``msda`` and ``ssda`` (a target to estimate the class mix of); labelled target shots
 under ``ssda`` are target-side images and keep weight 1.
 """
