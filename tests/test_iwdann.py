@@ -75,10 +75,10 @@ def test_within_domain_weights_count_like_repeated_samples():
     weighted, _ = adversary(features, domains, 1.0, torch.tensor([2.0, 1.0, 1.0, 1.0, 1.0], dtype=DTYPE))
     weighted = weighted.detach()
     repeated, _ = adversary(features[[0, 0, 1, 2, 3, 4]], domains[[0, 0, 1, 2, 3, 4]], 1.0)
-    assert float(weighted) == pytest.approx(float(repeated), rel=1e-12)
+    assert float(weighted) == pytest.approx(repeated.item(), rel=1e-12)
     uniform, _ = adversary(features, domains, 1.0, torch.full((5,), 3.0, dtype=DTYPE))
     plain, _ = adversary(features, domains, 1.0)
-    assert float(uniform) == pytest.approx(float(plain), rel=1e-12)  # only the ratios within a domain matter
+    assert uniform.item() == pytest.approx(plain.item(), rel=1e-12)  # only the ratios within a domain matter
 
 
 @pytest.mark.parametrize("protocol", ["msda", "ssda"])
@@ -91,7 +91,7 @@ def test_iwdann_is_dann_while_the_ratios_are_one(protocol):
     plain.load_state_dict(iw.state_dict(), strict=False)
     iw.eval(), plain.eval()  # no statistics are gathered outside training
     a, b = iw(batch, stage="main", progress=0.5), plain(batch, stage="main", progress=0.5)
-    assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-12)
+    assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-12)
     assert int(iw.class_ratios.steps) == 0
 
 
@@ -104,9 +104,9 @@ def test_the_ratios_weight_source_images_by_their_class():
     objective = iw(batch, stage="main", progress=1.0)
     ce = F.cross_entropy(iw.predict(batch.x), batch.y, reduction="none")
     w = iw.class_ratios.weights.to(DTYPE)[batch.y]
-    assert float(objective.terms["cls"]) == pytest.approx(float((w * ce).sum() / w.sum()), rel=1e-10)
+    assert objective.terms["cls"].item() == pytest.approx(((w * ce).sum() / w.sum()).item(), rel=1e-10)
     iw.hparams["iw_classification"] = False
-    assert float(iw(batch, stage="main", progress=1.0).terms["cls"]) == pytest.approx(float(ce.mean()), rel=1e-10)
+    assert iw(batch, stage="main", progress=1.0).terms["cls"].item() == pytest.approx(ce.mean().item(), rel=1e-10)
 
 
 def test_iwdann_learns_the_targets_class_mix_on_a_label_shifted_fixture():
@@ -124,6 +124,9 @@ def test_iwdann_learns_the_targets_class_mix_on_a_label_shifted_fixture():
     ratios = iw.class_ratios.weights.to(DTYPE)
     assert torch.allclose(ratios, truth, atol=0.15), ratios
     assert float(objective.terms["iw_max"]) == pytest.approx(float(ratios.max()))
+    report = iw.report(["x", "y", "z"])
+    assert report["class_ratio_updates"] == 12
+    assert list(report["class_ratios"].values()) == pytest.approx(ratios.tolist())
 
 
 def test_meta_episodes_leave_the_class_ratio_statistics_alone():

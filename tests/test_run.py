@@ -117,3 +117,26 @@ def test_bad_input_is_one_line(argv, expected, folder_dataset, tmp_path, capsys)
     assert not (tmp_path / "bad.db").exists() or not MlflowClient(tracking_uri=uri).search_runs(
         [e.experiment_id for e in MlflowClient(tracking_uri=uri).search_experiments()]
     )
+
+
+def test_iwdann_reports_the_class_ratios_of_the_model_it_selected(folder_dataset, tmp_path):
+    """results.json carries what IWDAN estimated, from the selected checkpoint's state (one ratio update
+    per 10 steps up to the selected step), keyed by class name; learners that estimate nothing add no key."""
+    common = dict(
+        dataset=f"folder:{folder_dataset}", targets=["d2"], steps=40, seeds=[0], average="none", split="random",
+        tracking_uri=f"sqlite:///{tmp_path / 'store.db'}", experiment="toy", **TINY,
+    )
+    hparams = {"lr": 0.05, "optimizer": "sgd"}
+    client = MlflowClient(common["tracking_uri"])
+    results = {}
+    for base, extra in (("iwdann", {"iw_update_every": 10}), ("erm", {})):
+        (run,) = run_experiment(RunConfig(base=base, hparams={**hparams, **extra}, **common)).runs
+        out = tmp_path / base
+        out.mkdir()
+        results[base] = json.loads(open(client.download_artifacts(run.run_id, "results.json", str(out))).read())
+    report = results["iwdann"]["learner"]
+    assert list(report["class_ratios"]) == ["a", "b"]
+    assert report["class_ratio_updates"] == results["iwdann"]["selected_step"] // 10
+    # every domain holds both classes equally: the estimated ratios stay near 1 (p_S . w = 1 per interval)
+    assert all(0.5 < w < 1.5 for w in report["class_ratios"].values()), report
+    assert "learner" not in results["erm"]

@@ -131,6 +131,11 @@ class Learner(nn.Module):
         """Class logits."""
         return self.classifier(self.featurizer(x))
 
+    def report(self, classes: list[str]) -> dict:
+        """What the trained learner estimated that a user wants beside its accuracy, JSON-ready
+        (``results.json`` key ``learner``); most learners estimate nothing more."""
+        return {}
+
     def export_classifier(self) -> nn.Module:
         """The head to save with the featurizer: must give the same predictions as ``predict``
         (MCD folds its two classifiers into one)."""

@@ -65,3 +65,11 @@ class IWDANN(DANN):
             discriminator=torch.cat([labelled, target_side]),
             terms={"iw_min": weights.min().detach().clone(), "iw_max": weights.max().detach().clone()},
         )
+
+    def report(self, classes: list[str]) -> dict:
+        """The class ratios ``p_T(y) / p_S(y)`` the run ended with (``p_S``: the class mix of the
+        sampled source batches), so a user sees which classes the target was estimated to lack."""
+        return {
+            "class_ratios": dict(zip(classes, self.class_ratios.weights.tolist())),
+            "class_ratio_updates": int(self.class_ratios.updates),
+        }

@@ -105,6 +105,9 @@ def log_artifacts(child, config, plan, learner, data, outcome, target, seed, per
         "images_per_second": outcome.images_per_second,
         "data_wait_fraction": outcome.data_wait_fraction,
     }
+    learned = learner.report(list(plan.dataset.classes))
+    if learned:
+        results["learner"] = learned
     child.log_text(json.dumps(results, indent=2), "results.json")
     network = DomainNetwork.__new__(DomainNetwork)
     torch.nn.Module.__init__(network)
