@@ -88,3 +88,23 @@ def test_a_model_that_does_not_reproduce_its_row_is_refused(tmp_path):
     assert done.returncode != 0
     assert "recomputes to" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "report.json").exists()
+
+
+def test_an_iwdann_runs_learned_ratios_are_reported_against_the_truth(tmp_path):
+    rows, artifacts, _ = write_run(tmp_path, None)
+    ratios = [0.5, 1.0, 1.5, 2.0, 0.25, 1.0, 0.75]
+    classes = create_dataset("pacs-mini").classes
+    results = next(artifacts.iterdir()) / "artifacts" / "results.json"
+    results.write_text(json.dumps({"learner": {"class_ratios": dict(zip(reversed(classes), reversed(ratios)))}}))
+    done = run_script(rows, artifacts, tmp_path / "report.json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    dataset = create_dataset("pacs-mini")
+    per_source = [np.bincount(labels_of(dataset.samples(d, "train")), minlength=7) for d in dataset.domains if d != "sketch"]
+    sampled = np.mean([counts / counts.sum() for counts in per_source], axis=0)
+    assert report["sampled_source_distribution"] == pytest.approx(sampled.tolist())
+    (run,) = report["runs"]
+    assert run["class_ratios"] == pytest.approx(ratios)  # read by class name, not by position
+    estimate = np.array(ratios) * sampled
+    assert run["estimated_target_distribution"] == pytest.approx((estimate / estimate.sum()).tolist())
+    assert "| truth |" in (tmp_path / "report.md").read_text()

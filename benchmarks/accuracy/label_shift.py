@@ -18,7 +18,9 @@ its row (so what is analysed is the model that produced the table).
         --rows benchmarks/results/accuracy/erm_default.jsonl benchmarks/results/accuracy/dann_msda_default.jsonl \\
         --artifacts benchmarks/results/mlartifacts --out benchmarks/results/accuracy/label_shift_sketch.json
 
-Runs whose model file is not under ``--artifacts`` are listed as skipped, not guessed.
+Runs whose model file is not under ``--artifacts`` are listed as skipped, not guessed. For IWDAN runs
+(``results.json`` key ``learner``) it also reports the class ratios the run learned against the true
+ratios, and the target class mix they imply.
 """
 
 from __future__ import annotations
@@ -55,6 +57,16 @@ def prediction_report(predictions: np.ndarray, labels: np.ndarray, num_classes: 
     }
 
 
+def learned_class_ratios(model: Path, classes: list[str]) -> np.ndarray | None:
+    """The class ratios an IWDAN run ended with (its ``results.json``, key ``learner``), in ``classes``
+    order; ``None`` for learners that estimate none, or runs from before the key existed."""
+    results = model.parents[1] / "results.json"
+    if not results.is_file():
+        return None
+    ratios = json.loads(results.read_text()).get("learner", {}).get("class_ratios")
+    return None if ratios is None else np.array([ratios[c] for c in classes], dtype=np.float64)
+
+
 def markdown(report: dict) -> str:
     classes = report["classes"]
     lines = [
@@ -73,6 +85,17 @@ def markdown(report: dict) -> str:
     lines.append(row("target (truth)", report["target_distribution"]))
     for run in report["runs"]:
         lines.append(row(f"{run['base']} s{run['seed']} predicted ({100 * run['accuracy']:.1f}% acc)", run["predicted_distribution"]))
+    for run in report["runs"]:
+        if run.get("estimated_target_distribution"):
+            lines.append(row(f"{run['base']} s{run['seed']} estimated (its class ratios x sampled source shares)", run["estimated_target_distribution"]))
+    estimated = [run for run in report["runs"] if run.get("class_ratios")]
+    if estimated:
+        truth = np.asarray(report["target_distribution"]) / np.asarray(report["sampled_source_distribution"])
+        lines += ["", "Class ratios p_T(y) / p_S(y), p_S the class mix of the sampled source batches (each source equally):", "",
+                  "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|",
+                  "| truth | " + " | ".join(f"{v:.2f}" for v in truth) + " |"]
+        for run in estimated:
+            lines.append(f"| {run['base']} s{run['seed']} learned | " + " | ".join(f"{v:.2f}" for v in run["class_ratios"]) + " |")
     lines += ["", "Recall per class (%):", "", "| run | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
     for run in report["runs"]:
         lines.append(f"| {run['base']} s{run['seed']} | " + " | ".join("-" if r is None else f"{100 * r:.1f}" for r in run["recall"]) + " |")
@@ -94,11 +117,14 @@ def main() -> None:
     test = dataset.samples(target, "test")
     labels = labels_of(test)
     source_labels = np.concatenate([labels_of(dataset.samples(d, "train")) for d in dataset.domains if d != target])
+    # batches draw the same number of images from every source, each uniformly over its training list
+    sampled_source = np.mean([class_distribution(labels_of(dataset.samples(d, "train")), k) for d in dataset.domains if d != target], axis=0)
     report = {
         "dataset": args.dataset,
         "target": target,
         "classes": list(dataset.classes),
         "source_distribution": class_distribution(source_labels, k).tolist(),
+        "sampled_source_distribution": sampled_source.tolist(),
         "target_distribution": class_distribution(labels, k).tolist(),
         "runs": [],
         "skipped": [],
@@ -117,6 +143,11 @@ def main() -> None:
         if abs(result["accuracy"] - float(row["test_acc"])) > 1e-3:
             sys.exit(f"error: run {row['run_id']} recomputes to {result['accuracy']:.4f}, its row says {row['test_acc']:.4f}; "
                      "the model file is not the one the row was measured with")
+        ratios = learned_class_ratios(model, list(dataset.classes))
+        if ratios is not None:
+            estimate = ratios * sampled_source
+            result["class_ratios"] = ratios.tolist()
+            result["estimated_target_distribution"] = (estimate / estimate.sum()).tolist()
         report["runs"].append({"run_id": row["run_id"], "base": row["base"], "seed": row["seed"], **result})
         print(f"{row['base']} s{row['seed']}: {100 * result['accuracy']:.2f}%", flush=True)
     out = Path(args.out)
