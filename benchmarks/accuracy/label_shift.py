@@ -116,9 +116,10 @@ def main() -> None:
     k = dataset.num_classes
     test = dataset.samples(target, "test")
     labels = labels_of(test)
-    source_labels = np.concatenate([labels_of(dataset.samples(d, "train")) for d in dataset.domains if d != target])
+    per_source = [labels_of(dataset.samples(d, "train")) for d in dataset.domains if d != target]
+    source_labels = np.concatenate(per_source)
     # batches draw the same number of images from every source, each uniformly over its training list
-    sampled_source = np.mean([class_distribution(labels_of(dataset.samples(d, "train")), k) for d in dataset.domains if d != target], axis=0)
+    sampled_source = np.mean([class_distribution(labels, k) for labels in per_source], axis=0)
     report = {
         "dataset": args.dataset,
         "target": target,
