@@ -119,7 +119,7 @@ def main() -> None:
     per_source = [labels_of(dataset.samples(d, "train")) for d in dataset.domains if d != target]
     source_labels = np.concatenate(per_source)
     # batches draw the same number of images from every source, each uniformly over its training list
-    sampled_source = np.mean([class_distribution(labels, k) for labels in per_source], axis=0)
+    sampled_source = np.mean([class_distribution(domain_labels, k) for domain_labels in per_source], axis=0)
     report = {
         "dataset": args.dataset,
         "target": target,
