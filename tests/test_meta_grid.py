@@ -268,3 +268,21 @@ def test_the_grid_scripts_name_only_known_families_arms_and_result_files(tmp_pat
             assert (REPO / path).is_file(), f"--base-from {path}: the file must exist before the grid runs"
     for argv in recipe_calls:
         assert set(value(argv, "--recipes").split(",")) <= set(recipe_grid.RECIPES), argv
+
+
+def test_plan_lists_each_unfinished_arm_with_its_median_minutes_and_a_reusable_base_at_none(tmp_path):
+    out = tmp_path / "meta.jsonl"
+    out.write_text("".join(json.dumps({"family": "dann-msda", "arm": "init", "target": t, "seed": 0, "test_acc": 0.8,
+                                       "seconds": m * 60.0}) + "\n" for t, m in (("art_painting", 30), ("cartoon", 50))))
+    earlier = tmp_path / "dann_msda_default.jsonl"
+    earlier.write_text(json.dumps(recipe_grid_row("sketch", 0, 0.7)) + "\n")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--families", "dann-msda", "--arms", "base,init", "--targets", "art_painting,sketch",
+                           "--seeds", "0", "--base-from", str(earlier), "--out", str(out), "--data-root", str(tmp_path / "no-data"), "--plan"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "plan    0.0 dann-msda base art_painting s0: reused from dann_msda_default.jsonl once that grid has run it",
+        "plan    0.0 dann-msda base sketch s0: reused from dann_msda_default.jsonl",
+        "plan   40.0 dann-msda init sketch s0",
+    ]
+    assert len(out.read_text().splitlines()) == 2  # nothing reused or run was written

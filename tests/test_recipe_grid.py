@@ -55,3 +55,37 @@ def test_paired_lines_give_a_ci_only_where_there_are_two_pairs_or_more():
     assert lines[1] == "default/mcd/none/default - base=erm: +5.0 points test_acc (paired, n = 1)"
     assert lines[0].startswith("default/dann/none/default - base=erm: +1.5 ± ") and "(paired, n = 2, detectable" in lines[0]
     assert "nan" not in "".join(lines)
+
+
+def test_plan_lists_the_unfinished_jobs_with_their_median_minutes_and_runs_none(tmp_path):
+    out = tmp_path / "dann_dg.jsonl"
+    sibling = tmp_path / "dann_msda.jsonl"  # the same learner's default-recipe runs in another table
+    sibling.write_text("".join(json.dumps({"recipe": "default", "base": "dann", "meta": "none", "protocol": "default",
+                                           "target": t, "seed": 0, "seconds": m * 60.0}) + "\n" for t, m in (("a", 10), ("b", 30), ("c", 20))))
+    argv = [sys.executable, str(SCRIPT), "--recipes", "default", "--base", "dann", "--protocol", "dg", "--targets", "art_painting,sketch",
+            "--seeds", "0", "--out", str(out), "--data-root", str(tmp_path / "no-data"), "--plan"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # no run of its own yet: the sibling's median; nothing trained, nothing written
+    assert proc.stdout.splitlines() == [f"plan   20.0 dann_dg.jsonl: default dann+none {t} s0" for t in ("art_painting", "sketch")]
+    assert not out.exists()
+    out.write_text(json.dumps({"recipe": "default", "base": "dann", "meta": "none", "protocol": "dg", "target": "art_painting",
+                               "seed": 0, "seconds": 40 * 60.0}) + "\n")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.stdout.splitlines() == ["plan   40.0 dann_dg.jsonl: default dann+none sketch s0"]  # its own runs come first
+    other = subprocess.run(argv[:-1] + ["--base", "jigen", "--out", str(tmp_path / "jigen.jsonl"), "--plan"], capture_output=True, text=True, timeout=300)
+    assert other.stdout.splitlines()[0].endswith("art_painting s0  (no finished run of this kind: minutes assumed)")
+    assert "70.0" in other.stdout.splitlines()[0]
+
+
+def test_a_scripts_plan_counts_each_job_once_and_no_reused_arm_as_a_run(tmp_path):
+    lines = ["plan   20.0 a.jsonl: default erm+none art_painting s0",
+             "plan    0.0 dann-msda base art_painting s0: reused from a.jsonl",
+             "plan   70.0 b.jsonl: default jigen+none art_painting s0  (no finished run of this kind: minutes assumed)",
+             "plan   20.0 a.jsonl: default erm+none art_painting s0",  # the seeds-0,1,2 pass lists seed 0 again
+             "plan   40.0 a.jsonl: default erm+none art_painting s1"]
+    planned = tmp_path / "planned.txt"
+    planned.write_text("\n".join(lines) + "\n")
+    done = subprocess.run(["awk", "-f", str(SCRIPT.parent / "plan_total.awk"), str(planned)], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == lines[:3] + lines[4:] + [
+        "total: 3 runs, 2.2 hours at the median minutes of finished runs of their kind (1 of them assumed: no finished run of their kind)"]

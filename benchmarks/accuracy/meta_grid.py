@@ -166,14 +166,19 @@ def unaveraged_acc(row: dict) -> float:
     return row["live_test_acc"] if averaged and row.get("live_test_acc") is not None else row["test_acc"]
 
 
-def job_minutes(rows: list[dict], family: str, arm: str) -> float:
-    """Expected wall minutes of one job, from this family's finished runs of the arm, else the arm's in
-    any family (``recipe_grid.expected_minutes``); a reused row's time was spent elsewhere and is left out."""
+def arm_seconds(rows: list[dict], family: str, arm: str) -> list[float]:
+    """Wall seconds of this family's finished runs of the arm, else of the arm's in any family; a reused
+    row's time was spent elsewhere and is left out."""
     for same in (lambda r: r["family"] == family and r["arm"] == arm, lambda r: r["arm"] == arm):
         seconds = [r["seconds"] for r in rows if same(r) and "reused_from" not in r]
         if seconds:
-            return recipe_grid.expected_minutes(seconds)
-    return recipe_grid.expected_minutes([])
+            return seconds
+    return []
+
+
+def job_minutes(rows: list[dict], family: str, arm: str) -> float:
+    """Expected wall minutes of one job (``recipe_grid.expected_minutes`` of :func:`arm_seconds`)."""
+    return recipe_grid.expected_minutes(arm_seconds(rows, family, arm))
 
 
 def run_grid(args) -> None:
@@ -200,6 +205,13 @@ def run_grid(args) -> None:
             continue
         base, protocol, _ = FAMILIES[family]
         earlier = reusable_base_row(reusable, args, family, target, seed) if arm == "base" else None
+        if args.plan:
+            if arm == "base" and args.base_from:  # the grid scripts run the --base-from grid first
+                source = earlier[0] if earlier else " or ".join(Path(p).name for p in args.base_from) + " once that grid has run it"
+                print(recipe_grid.plan_line(0.0, True, f"{family} base {target} s{seed}: reused from {source}"))
+            else:
+                print(recipe_grid.plan_line(*recipe_grid.plan_minutes(arm_seconds(rows, family, arm)), f"{family} {arm} {target} s{seed}"))
+            continue
         if earlier is not None:
             source, reused = earlier
             row = {**{k: v for k, v in reused.items() if k != "recipe"}, "family": family, "arm": arm, "base": base,
@@ -381,6 +393,8 @@ def main() -> None:
     parser.add_argument("--until", default=None, metavar="HH:MM",
                         help="start no job that would not finish by this local time (expected from the arm's finished runs in "
                              "--out, recipe_grid.expected_minutes): a session can end without a half-trained job")
+    parser.add_argument("--plan", action="store_true",
+                        help="list the jobs not finished yet with their expected minutes (recipe_grid.plan_line), and run none")
     parser.add_argument("--table", nargs="*", default=None, help="render these result files instead of running")
     parser.add_argument("--toward", default=None, metavar="FILE",
                         help="with --table: does each arm move base toward this recipe_grid.py file's learner? (e.g. erm_default.jsonl)")

@@ -11,6 +11,7 @@
 # UNTIL=HH:MM starts no run expected to end after that local time; a command whose next run does not fit
 # skips it and the next command may start a shorter one. Runs take 21-75 minutes each on a 2-core CPU;
 # tables: python benchmarks/accuracy/meta_grid.py --table benchmarks/results/accuracy/meta_grid.jsonl
+# What is left, with its expected hours (runs nothing): PLAN=1 bash benchmarks/accuracy/meta_grids.sh
 source "$(dirname "$0")/grid_common.sh"
 
 for seed in 1 2; do

@@ -82,6 +82,29 @@ def expected_minutes(seconds: list[float]) -> float:
     return 1.25 * statistics.median(seconds) / 60 if seconds else UNKNOWN_JOB_MINUTES
 
 
+def similar_seconds(out: Path, recipe: str, base: str) -> list[float]:
+    """Wall seconds of the finished runs most like the next job of ``out``'s grid: that file's runs of
+    the recipe, else any of that file's runs, else the default recipe's runs of the same learner in the
+    other result files beside it (a new table, e.g. DANN under dg, before its first run)."""
+    finished = read_rows(out)
+    for same in (lambda r: r["recipe"] == recipe, lambda r: True):
+        seconds = [r["seconds"] for r in finished if same(r)]
+        if seconds:
+            return seconds
+    siblings = sorted(p for p in out.parent.glob("*.jsonl") if p != out)
+    return [r["seconds"] for p in siblings for r in read_rows(p) if r.get("recipe") == "default" and r.get("base") == base and "seconds" in r]
+
+
+def plan_line(minutes: float, known: bool, job: str) -> str:
+    """One line of ``--plan``: ``plan <minutes> <job>``, the minutes a finished run of the kind took (median;
+    no deadline margin) or, with none finished, UNKNOWN_JOB_MINUTES marked as assumed."""
+    return f"plan {minutes:6.1f} {job}" + ("" if known else "  (no finished run of this kind: minutes assumed)")
+
+
+def plan_minutes(seconds: list[float]) -> tuple[float, bool]:
+    return (statistics.median(seconds) / 60, True) if seconds else (UNKNOWN_JOB_MINUTES, False)
+
+
 def deadline_of(until: str, now: float) -> float:
     """``--until HH:MM`` (local time) as a timestamp: the next such moment after ``now``."""
     try:
@@ -181,9 +204,12 @@ def run_grid(args) -> None:
         row = {"recipe": recipe, "base": args.base, "meta": args.meta, "protocol": args.protocol or "default", "target": target, "seed": seed}
         if job_key(row) in done:
             continue
+        seconds = similar_seconds(out, recipe, args.base)
+        if args.plan:
+            print(plan_line(*plan_minutes(seconds), f"{Path(args.out).name}: {recipe} {args.base}+{args.meta} {target} s{seed}"))
+            continue
         if deadline is not None:
-            finished = read_rows(out)
-            minutes = expected_minutes([r["seconds"] for r in finished if r["recipe"] == recipe] or [r["seconds"] for r in finished])
+            minutes = expected_minutes(seconds)
             if time.time() + 60 * minutes > deadline:
                 print(f"[{time.strftime('%H:%M:%S')}] {recipe} {args.base}+{args.meta} {target} s{seed}: not started, its expected "
                       f"{minutes:.0f} minutes would run past --until {args.until}", flush=True)
@@ -326,6 +352,8 @@ def main() -> None:
     parser.add_argument("--until", default=None, metavar="HH:MM",
                         help="start no job that would not finish by this local time (expected from the finished runs in "
                              "--out: expected_minutes): a session can end without a half-trained job")
+    parser.add_argument("--plan", action="store_true",
+                        help="list the jobs not finished yet with their expected minutes (plan_line), and run none")
     parser.add_argument("--table", nargs="*", default=None, help="render these result files instead of running")
     parser.add_argument("--reference", default=None, help="in --table, pair the others against this recipe, or field=value (base=erm)")
     parser.add_argument("--metric", default="test_acc", choices=("test_acc", "live_test_acc"),
