@@ -79,6 +79,18 @@ def test_report_holds_the_true_class_shares_and_the_model_accuracy(tmp_path):
     assert run["accuracy"] == pytest.approx(accuracy)
     assert sum(run["predicted_distribution"]) == pytest.approx(1.0)
     assert (tmp_path / "report.md").read_text().count("|") > 20
+    assert run["label"] == "erm" and "| erm s0 predicted" in (tmp_path / "report.md").read_text()
+
+
+def test_a_meta_grid_row_is_named_by_its_arm(tmp_path):
+    rows, artifacts, _ = write_run(tmp_path, None)
+    row = json.loads(rows.read_text())
+    rows.write_text(json.dumps({**row, "family": "erm-dg-critic", "arm": "critic"}) + "\n")
+    done = run_script(rows, artifacts, tmp_path / "report.json")
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads((tmp_path / "report.json").read_text())["runs"]
+    assert run["label"] == "erm critic" and run["base"] == "erm"
+    assert "| erm critic s0 predicted" in (tmp_path / "report.md").read_text()
 
 
 def test_a_model_that_does_not_reproduce_its_row_is_refused(tmp_path):

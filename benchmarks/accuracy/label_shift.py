@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from saved_runs import add_saved_run_arguments, find_model, logits, read_rows  # noqa: E402
+from saved_runs import add_saved_run_arguments, find_model, logits, read_rows, run_label  # noqa: E402
 
 
 def class_distribution(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -84,10 +84,10 @@ def markdown(report: dict) -> str:
     lines.append(row("sources (train)", report["source_distribution"]))
     lines.append(row("target (truth)", report["target_distribution"]))
     for run in report["runs"]:
-        lines.append(row(f"{run['base']} s{run['seed']} predicted ({100 * run['accuracy']:.1f}% acc)", run["predicted_distribution"]))
+        lines.append(row(f"{run['label']} s{run['seed']} predicted ({100 * run['accuracy']:.1f}% acc)", run["predicted_distribution"]))
     for run in report["runs"]:
         if run.get("estimated_target_distribution"):
-            lines.append(row(f"{run['base']} s{run['seed']} estimated (its class ratios x sampled source shares)", run["estimated_target_distribution"]))
+            lines.append(row(f"{run['label']} s{run['seed']} estimated (its class ratios x sampled source shares)", run["estimated_target_distribution"]))
     estimated = [run for run in report["runs"] if run.get("class_ratios")]
     if estimated:
         truth = np.asarray(report["target_distribution"]) / np.asarray(report["sampled_source_distribution"])
@@ -95,10 +95,10 @@ def markdown(report: dict) -> str:
                   "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|",
                   "| truth | " + " | ".join(f"{v:.2f}" for v in truth) + " |"]
         for run in estimated:
-            lines.append(f"| {run['base']} s{run['seed']} learned | " + " | ".join(f"{v:.2f}" for v in run["class_ratios"]) + " |")
+            lines.append(f"| {run['label']} s{run['seed']} learned | " + " | ".join(f"{v:.2f}" for v in run["class_ratios"]) + " |")
     lines += ["", "Recall per class (%):", "", "| run | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
     for run in report["runs"]:
-        lines.append(f"| {run['base']} s{run['seed']} | " + " | ".join("-" if r is None else f"{100 * r:.1f}" for r in run["recall"]) + " |")
+        lines.append(f"| {run['label']} s{run['seed']} | " + " | ".join("-" if r is None else f"{100 * r:.1f}" for r in run["recall"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -149,8 +149,8 @@ def main() -> None:
             estimate = ratios * sampled_source
             result["class_ratios"] = ratios.tolist()
             result["estimated_target_distribution"] = (estimate / estimate.sum()).tolist()
-        report["runs"].append({"run_id": row["run_id"], "base": row["base"], "seed": row["seed"], **result})
-        print(f"{row['base']} s{row['seed']}: {100 * result['accuracy']:.2f}%", flush=True)
+        report["runs"].append({"run_id": row["run_id"], "base": row["base"], "label": run_label(row), "seed": row["seed"], **result})
+        print(f"{run_label(row)} s{row['seed']}: {100 * result['accuracy']:.2f}%", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

@@ -31,6 +31,12 @@ def read_rows(paths: list[str], target: str) -> list[dict]:
     return rows
 
 
+def run_label(row: dict) -> str:
+    """The learner of a row, with its meta_grid.py arm where it has one (``dann init-inner0``)."""
+    arm = row.get("arm")
+    return row["base"] if arm in (None, "base") else f"{row['base']} {arm}"
+
+
 def find_model(artifacts: Path, run_id: str) -> Path | None:
     """``network.pt`` of ``run_id`` under an MLflow artifact folder (server or file store layout)."""
     for candidate in (artifacts / run_id / "artifacts" / "model" / "network.pt", artifacts / run_id / "model" / "network.pt"):

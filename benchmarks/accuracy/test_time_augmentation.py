@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from saved_runs import add_saved_run_arguments, find_model, logits, read_rows  # noqa: E402
+from saved_runs import add_saved_run_arguments, find_model, logits, read_rows, run_label  # noqa: E402
 
 
 def paired_summary(gains: list[float]) -> dict:
@@ -74,9 +74,9 @@ def main() -> None:
                          "the model file is not the one the row was measured with")
             averaged = (plain.softmax(1) + mirrored.softmax(1)) / 2
             flip_accuracy = float((averaged.argmax(1).numpy() == labels).mean())
-            runs.append({"run_id": row["run_id"], "base": row["base"], "target": target, "seed": row["seed"],
+            runs.append({"run_id": row["run_id"], "base": row["base"], "label": run_label(row), "target": target, "seed": row["seed"],
                          "test_acc": accuracy, "flip_tta_acc": flip_accuracy})
-            print(f"{row['base']} {target} s{row['seed']}: {100 * accuracy:.2f} -> {100 * flip_accuracy:.2f} with flip TTA", flush=True)
+            print(f"{run_label(row)} {target} s{row['seed']}: {100 * accuracy:.2f} -> {100 * flip_accuracy:.2f} with flip TTA", flush=True)
     summary = paired_summary([100 * (r["flip_tta_acc"] - r["test_acc"]) for r in runs])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
