@@ -36,6 +36,8 @@ def test_prediction_report_counts_predictions_and_recall():
     assert report["accuracy"] == pytest.approx(3 / 6)
     assert report["predicted_distribution"] == pytest.approx([1 / 6, 4 / 6, 1 / 6])
     assert report["recall"] == pytest.approx([1 / 3, 1.0, 0.5])
+    assert report["wrongly_predicted"] == pytest.approx([0, 3 / 6, 0])  # two 0s and one 2 called 1
+    assert sum(report["wrongly_predicted"]) == pytest.approx(1 - report["accuracy"])
     assert module.total_variation(np.array([1.0, 0.0]), np.array([0.5, 0.5])) == pytest.approx(0.5)
 
 

@@ -48,12 +48,14 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def prediction_report(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """Accuracy, the predicted class distribution and each class's recall."""
+    """Accuracy, the predicted class distribution, each class's recall, and the share of all images wrongly
+    predicted as each class (where the errors go: a class the model over-predicts collects them)."""
     recall = [float((predictions[labels == c] == c).mean()) if (labels == c).any() else None for c in range(num_classes)]
     return {
         "accuracy": float((predictions == labels).mean()),
         "predicted_distribution": class_distribution(predictions, num_classes).tolist(),
         "recall": recall,
+        "wrongly_predicted": [float(((predictions == c) & (labels != c)).mean()) for c in range(num_classes)],
     }
 
 
@@ -99,6 +101,11 @@ def markdown(report: dict) -> str:
     lines += ["", "Recall per class (%):", "", "| run | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
     for run in report["runs"]:
         lines.append(f"| {run['label']} s{run['seed']} | " + " | ".join("-" if r is None else f"{100 * r:.1f}" for r in run["recall"]) + " |")
+    lines += ["", "Images wrongly predicted as each class (% of the test list; they sum to the error rate):", "",
+              "| run | " + " | ".join(classes) + " | error |", "|---" * (len(classes) + 2) + "|"]
+    for run in report["runs"]:
+        lines.append(f"| {run['label']} s{run['seed']} | " + " | ".join(f"{100 * w:.1f}" for w in run["wrongly_predicted"])
+                     + f" | {100 * (1 - run['accuracy']):.1f} |")
     return "\n".join(lines) + "\n"
 
 
