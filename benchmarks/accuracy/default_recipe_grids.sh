@@ -10,8 +10,7 @@
 # UNTIL=HH:MM starts no run that would not finish by that local time (each grid's --until), so a
 # session can stop the script with no half-trained run.
 # What is left, with its expected hours (runs nothing): PLAN=1 bash benchmarks/accuracy/default_recipe_grids.sh
-# Each run takes 17-35 minutes on a 2-core CPU (about 60 runs remain after ERM and DANN msda); the
-# tables are rendered with the --table commands in README.
+# Each run takes 17-55 minutes on a 2-core CPU; the tables are rendered with the --table commands in README.
 source "$(dirname "$0")/grid_common.sh"
 
 for seeds in 0 0,1,2; do

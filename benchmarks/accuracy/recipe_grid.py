@@ -350,8 +350,8 @@ def main() -> None:
     parser.add_argument("--test-every-eval", action="store_true", help="score the target at every evaluation (curves)")
     parser.add_argument("--eval-every", type=int, default=None, help="override the recipe's evaluation interval")
     parser.add_argument("--until", default=None, metavar="HH:MM",
-                        help="start no job that would not finish by this local time (expected from the finished runs in "
-                             "--out: expected_minutes): a session can end without a half-trained job")
+                        help="start no job that would not finish by this local time (expected_minutes of the like finished "
+                             "runs, similar_seconds): a session can end without a half-trained job")
     parser.add_argument("--plan", action="store_true",
                         help="list the jobs not finished yet with their expected minutes (plan_line), and run none")
     parser.add_argument("--table", nargs="*", default=None, help="render these result files instead of running")
