@@ -89,3 +89,24 @@ def test_a_scripts_plan_counts_each_job_once_and_no_reused_arm_as_a_run(tmp_path
     done = subprocess.run(["awk", "-f", str(SCRIPT.parent / "plan_total.awk"), str(planned)], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines() == lines[:3] + lines[4:] + [
         "total: 3 runs, 2.2 hours at the median minutes of finished runs of their kind (1 of them assumed: no finished run of their kind)"]
+
+
+def test_every_recipe_is_a_valid_run_configuration_that_differs_from_the_default():
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_grid", SCRIPT)
+    recipe_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe_grid)
+    args = argparse.Namespace(dataset="pacs", data_root="/data", tracking_uri="sqlite:///x.db", experiment="grid")
+    default = recipe_grid.job_config(args, "default", "erm", "none", None, "sketch", 0, []).validate().to_dict()
+    for name in recipe_grid.RECIPES:
+        config = recipe_grid.job_config(args, name, "erm", "none", None, "sketch", 0, []).validate().to_dict()
+        changed = {k for k in config if config[k] != default[k]}
+        if name in ("default", "no-average"):  # no-average names the default explicitly
+            assert changed == set(), name
+        else:
+            assert changed, f"recipe {name} changes nothing"
+    batch32 = recipe_grid.job_config(args, "batch32", "erm", "none", None, "sketch", 0, []).validate()
+    # the same images seen and the same evaluation points as the default
+    assert batch32.batch_size * batch32.steps == 16 * 600 and batch32.steps // batch32.eval_every == 600 // 60

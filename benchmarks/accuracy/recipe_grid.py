@@ -51,6 +51,10 @@ RECIPES: dict[str, dict] = {
     "lr3e-4": {"hparams": {"lr": 3e-4}},
     "lr5e-5": {"hparams": {"lr": 5e-5}},
     "lp-ft": {"hparams": {"head_init": "probe"}},
+    # the larger ImageNet backbone that ships offline (Lite1, 240 px native), same resolutions and steps
+    "lite1": {"backbone": "tf_efficientnet_lite1"},
+    # twice the batch for half the steps: the same images seen, the same evaluation points
+    "batch32": {"batch_size": 32, "steps": 300, "eval_every": 30},
 }
 
 
