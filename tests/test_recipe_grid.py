@@ -110,3 +110,25 @@ def test_every_recipe_is_a_valid_run_configuration_that_differs_from_the_default
     batch32 = recipe_grid.job_config(args, "batch32", "erm", "none", None, "sketch", 0, []).validate()
     # the same images seen and the same evaluation points as the default
     assert batch32.batch_size * batch32.steps == 16 * 600 and batch32.steps // batch32.eval_every == 600 // 60
+
+
+def test_ablation_table_pairs_each_lever_with_the_default_on_shared_cells_and_reports_its_speed(tmp_path):
+    def row(recipe, target, seed, acc, speed, seconds=600.0):
+        return {"recipe": recipe, "base": "erm", "meta": "none", "protocol": "default", "target": target, "seed": seed,
+                "test_acc": acc, "live_test_acc": acc, "images_per_second": speed, "seconds": seconds}
+
+    files = {"erm.jsonl": [row("default", "art_painting", 0, 0.80, 30.0), row("default", "sketch", 0, 0.70, 30.0),
+                           row("default", "sketch", 1, 0.75, 30.0)],
+             "ablation.jsonl": [row("train224", "art_painting", 0, 0.83, 15.0), row("train224", "sketch", 0, 0.69, 20.0),
+                                row("sgd", "art_painting", 0, 0.60, 30.0, seconds=1200.0), row("freeze0", "photo", 0, 0.9, 30.0)]}
+    for name, rows in files.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--table", str(tmp_path / "erm.jsonl"), str(tmp_path / "ablation.jsonl"),
+                           "--ablation", "--metric", "live_test_acc"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout[proc.stdout.index("| recipe | changes |"):].splitlines()
+    assert table[0] == "| recipe | changes | art_painting s0 | sketch s0 | mean difference | training speed vs default | minutes/run |"
+    assert table[2] == "| default | (the defaults) | 80.00 | 70.00 | | 1.00x | 10.0 |"
+    assert table[3] == "| train224 | train_image_size=224 | 83.00 (+3.00) | 69.00 (-1.00) | +1.00 (n = 2) | 0.58x | 10.0 |"
+    assert table[4] == "| sgd | optimizer=sgd, lr=0.01 | 60.00 (-20.00) | - | -20.00 (n = 1) | 1.00x | 20.0 |"
+    assert len(table) == 5  # freeze0 shares no cell with the default: no line

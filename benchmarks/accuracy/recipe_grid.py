@@ -307,6 +307,43 @@ def paired(rows: list[dict], reference: str, metric: str = "test_acc") -> str:
     return "\n".join(out)
 
 
+def recipe_changes(name: str) -> str:
+    """What a recipe sets against the defaults, as ``key=value`` items (hparams flattened)."""
+    recipe = dict(RECIPES.get(name, {}))
+    items = dict(recipe.pop("hparams", {}), **recipe)
+    return ", ".join(f"{k}={v}" for k, v in items.items())
+
+
+def ablation(rows: list[dict], reference: str = "default", metric: str = "test_acc") -> str:
+    """One line per recipe against ``reference`` on the (target, seed) cells both ran: each cell's
+    accuracy and its difference, the mean difference, and the training speed relative to the
+    reference (median over those cells of the ratio of labelled images per training second)."""
+    refs = {(r["target"], r["seed"]): r for r in rows if r["recipe"] == reference}
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows if r["recipe"] != reference))
+    cells = sorted({(r["target"], r["seed"]) for r in rows if r["recipe"] in recipes and (r["target"], r["seed"]) in refs})
+    if not cells:
+        return f"no recipe shares a (target, seed) cell with {reference!r}"
+    head = " | ".join(f"{t} s{s}" for t, s in cells)
+    base = " | ".join(f"{100 * refs[c][metric]:.2f}" for c in cells)
+    lines = [f"| recipe | changes | {head} | mean difference | training speed vs {reference} | minutes/run |",
+             "|---|---|" + "---|" * len(cells) + "---|---|---|",
+             f"| {reference} | (the defaults) | {base} | | 1.00x | {statistics.median(refs[c]['seconds'] for c in cells) / 60:.1f} |"]
+    for recipe in recipes:
+        mine = {(r["target"], r["seed"]): r for r in rows if r["recipe"] == recipe}
+        shared = [c for c in cells if c in mine]
+        if not shared:
+            continue
+        diffs = [100 * (mine[c][metric] - refs[c][metric]) for c in shared]
+        row = [f"{100 * mine[c][metric]:.2f} ({diffs[shared.index(c)]:+.2f})" if c in mine else "-" for c in cells]
+        speeds = [mine[c]["images_per_second"] / refs[c]["images_per_second"] for c in shared
+                  if mine[c].get("images_per_second") and refs[c].get("images_per_second")]
+        speed = f"{statistics.median(speeds):.2f}x" if speeds else ""
+        minutes = statistics.median(mine[c]["seconds"] for c in shared) / 60
+        lines.append(f"| {recipe} | {recipe_changes(recipe)} | " + " | ".join(row)
+                     + f" | {sum(diffs) / len(diffs):+.2f} (n = {len(diffs)}) | {speed} | {minutes:.1f} |")
+    return "\n".join(lines)
+
+
 def averaging_gain(rows: list[dict]) -> str:
     """The averaged model (``test_acc``) against the best live checkpoint of the same run."""
     diffs = [100 * (r["test_acc"] - r["live_test_acc"]) for r in rows if r["config"].get("average", "none") != "none"]
@@ -363,6 +400,8 @@ def main() -> None:
     parser.add_argument("--metric", default="test_acc", choices=("test_acc", "live_test_acc"),
                         help="in --table: the reported model (test_acc) or the best live checkpoint (live_test_acc)")
     parser.add_argument("--averaging-gain", action="store_true", help="in --table: what --average swad|ema added per run")
+    parser.add_argument("--ablation", action="store_true",
+                        help="in --table: each recipe's cells against --reference (default: the default recipe), with training speed")
     parser.add_argument("--seed-noise", action="store_true", help="in --table: seed-to-seed sd and the effect n pairs could detect")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
@@ -374,7 +413,9 @@ def main() -> None:
     elif args.table is not None:
         rows = [r for path in args.table for r in read_rows(Path(path))]
         print(render(rows, args.metric))
-        if args.reference:
+        if args.ablation:
+            print(ablation(rows, args.reference or "default", args.metric))
+        elif args.reference:
             print(paired(rows, args.reference, args.metric))
         if args.averaging_gain:
             print(averaging_gain(rows))
