@@ -190,7 +190,12 @@ def test_a_grid_row_summarises_the_meta_terms_logged_share_of_the_step(tmp_path)
     for step, value in enumerate([0.5, 4.0, 1.0, 2.0, 3.0]):
         client.log_metric(run_id, recipe_grid.META_SHARE_METRIC, value, step=step)
     summary = recipe_grid.metric_summary(uri, run_id, recipe_grid.META_SHARE_METRIC)
-    assert summary == {"median": 2.0, "q75": 3.0, "max": 4.0, "steps": 5}
+    assert summary == {"median": 2.0, "q75": 3.0, "max": 4.0, "steps": 5, "first_tenth": 0.5, "last_tenth": 3.0}
+    # a term that dies out: the tenths are taken in step order, whatever order the values were logged in
+    for step in reversed(range(20)):
+        client.log_metric(run_id, "train.critic/aux_loss", 1.0 if step < 2 else 0.01, step=step)
+    fading = recipe_grid.metric_summary(uri, run_id, recipe_grid.META_SUMMARIES["critic_aux_loss"])
+    assert fading["first_tenth"] == 1.0 and fading["last_tenth"] == 0.01 and fading["median"] == 0.01
     assert recipe_grid.metric_summary(uri, run_id, "never.logged") is None
 
 

@@ -170,18 +170,25 @@ def run_one(args) -> None:
 #: per step, the meta term's gradient length relative to the base gradient's (meta wrappers log it)
 META_SHARE_METRIC = "train.meta/added_to_base_norm"
 #: row field -> logged meta metric summarised into it: the term's share of the step, and its meta-test
-#: loss (near zero when the meta-test set is already fit, e.g. labelled target shots the base step trains on)
-META_SUMMARIES = {"meta_added_to_base_norm": META_SHARE_METRIC, "meta_val_loss": "train.meta/val_loss"}
+#: loss (near zero when the meta-test set is already fit, e.g. labelled target shots the base step trains on);
+#: for Feature-Critic its auxiliary loss h (whether the critic flattens itself out) and its meta-objective
+META_SUMMARIES = {"meta_added_to_base_norm": META_SHARE_METRIC, "meta_val_loss": "train.meta/val_loss",
+                  "critic_aux_loss": "train.critic/aux_loss", "critic_meta_loss": "train.critic/meta_loss"}
 
 
 def metric_summary(tracking_uri: str, run_id: str, key: str) -> dict | None:
-    """Median, upper quartile and maximum of one logged metric over a run's steps; None if not logged."""
+    """Median, upper quartile and maximum of one logged metric over a run's steps, and its mean over the
+    first and the last tenth of them (whether it dies out); None if not logged."""
     from mlflow.tracking import MlflowClient
 
-    values = sorted(m.value for m in MlflowClient(tracking_uri).get_metric_history(run_id, key))
-    if not values:
+    history = sorted(MlflowClient(tracking_uri).get_metric_history(run_id, key), key=lambda m: m.step)
+    if not history:
         return None
-    return {"median": statistics.median(values), "q75": values[(3 * (len(values) - 1)) // 4], "max": values[-1], "steps": len(values)}
+    tenth = max(1, len(history) // 10)
+    values = sorted(m.value for m in history)
+    return {"median": statistics.median(values), "q75": values[(3 * (len(values) - 1)) // 4], "max": values[-1], "steps": len(values),
+            "first_tenth": statistics.fmean(m.value for m in history[:tenth]),
+            "last_tenth": statistics.fmean(m.value for m in history[-tenth:])}
 
 
 def curve_points(tracking_uri: str, run_id: str) -> list[dict]:
