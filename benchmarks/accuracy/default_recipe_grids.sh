@@ -23,7 +23,7 @@ for seeds in 0 0,1,2; do
   # IWDAN, DANN corrected for label shift (README "The remedy"): not one of issue 15's tables, so it comes after them.
   recipe --recipes default --base iwdann --targets $ALL --seeds $seeds --out $RESULTS/iwdann_msda_default.jsonl
   if [[ $seeds == 0 ]]; then
-    recipe --recipes train224,freeze0,bn-trained,sgd,lr3e-4,lr5e-5,lp-ft,lite1,batch32,steps300 --base erm \
+    recipe --recipes train224,res176,freeze0,bn-trained,sgd,lr3e-4,lr5e-5,lp-ft,lite1,batch32,steps300 --base erm \
       --targets art_painting,sketch --seeds 0 --out $RESULTS/erm_ablation.jsonl
   fi
 done

@@ -45,6 +45,9 @@ RECIPES: dict[str, dict] = {
     "ema": {"average": "ema"},
     "swad": {"average": "swad"},
     "train224": {"train_image_size": 224},
+    # the default's training resolution, tested at it too: separates FixRes's test-time upscaling from
+    # the training resolution itself (train224 changes both)
+    "res176": {"image_size": 176, "train_image_size": 176},
     "freeze0": {"hparams": {"freeze_levels": 0}},
     "bn-trained": {"hparams": {"freeze_bn": False}},
     "sgd": {"hparams": {"optimizer": "sgd", "lr": 0.01}},
