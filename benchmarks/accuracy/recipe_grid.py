@@ -345,14 +345,14 @@ def ablation(rows: list[dict], reference: str = "default", metric: str = "test_a
         shared = [c for c in cells if c in mine]
         if not shared:
             continue
-        diffs = [100 * (mine[c][metric] - refs[c][metric]) for c in shared]
-        row = [f"{100 * mine[c][metric]:.2f} ({diffs[shared.index(c)]:+.2f})" if c in mine else "-" for c in cells]
+        diffs = {c: 100 * (mine[c][metric] - refs[c][metric]) for c in shared}
+        row = [f"{100 * mine[c][metric]:.2f} ({diffs[c]:+.2f})" if c in mine else "-" for c in cells]
         speeds = [mine[c]["images_per_second"] / refs[c]["images_per_second"] for c in shared
                   if mine[c].get("images_per_second") and refs[c].get("images_per_second")]
         speed = f"{statistics.median(speeds):.2f}x" if speeds else ""
         minutes = statistics.median(mine[c]["seconds"] for c in shared) / 60
         lines.append(f"| {recipe} | {recipe_changes(recipe)} | " + " | ".join(row)
-                     + f" | {sum(diffs) / len(diffs):+.2f} (n = {len(diffs)}) | {speed} | {minutes:.1f} |")
+                     + f" | {statistics.fmean(diffs.values()):+.2f} (n = {len(diffs)}) | {speed} | {minutes:.1f} |")
     return "\n".join(lines)
 
 
