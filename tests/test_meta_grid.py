@@ -291,3 +291,22 @@ def test_plan_lists_each_unfinished_arm_with_its_median_minutes_and_a_reusable_b
         "plan   40.0 dann-msda init sketch s0",
     ]
     assert len(out.read_text().splitlines()) == 2  # nothing reused or run was written
+
+
+def test_a_finished_arm_that_ran_another_configuration_than_the_arm_gives_now_stops_the_grid(tmp_path):
+    # a base arm reused from a recipe_grid run (logged with no --protocol: DANN's own msda) is the arm's job
+    base = {**recipe_grid_row("sketch", 0, 0.72), "family": "dann-msda", "arm": "base", "reused_from": "dann_msda_default.jsonl"}
+    init_config = RunConfig(dataset="pacs", data_root="/x", base="dann", meta="init", protocol="msda", targets=["sketch"],
+                            seeds=[0], steps=300, experiment="benchmarks-accuracy").to_dict()
+    init = {"family": "dann-msda", "arm": "init", "base": "dann", "meta": "init", "protocol": "msda", "target": "sketch", "seed": 0,
+            "test_acc": 0.74, "seconds": 60.0, "set": [], "config": {k: v for k, v in init_config.items() if k not in LOGGED_OUT}}
+    out = tmp_path / "meta.jsonl"
+    out.write_text(json.dumps(base) + "\n" + json.dumps(init) + "\n")
+    argv = [sys.executable, str(SCRIPT), "--families", "dann-msda", "--targets", "sketch", "--seeds", "0", "--out", str(out),
+            "--data-root", str(tmp_path / "no-data"), "--tracking-uri", f"sqlite:///{tmp_path / 'db.sqlite'}", "--plan"]
+    fine = subprocess.run(argv + ["--arms", "base"], capture_output=True, text=True, timeout=300)
+    assert fine.returncode == 0 and fine.stdout == "", fine.stderr
+    stale = subprocess.run(argv + ["--arms", "base,init"], capture_output=True, text=True, timeout=300)
+    assert stale.returncode != 0
+    assert "the finished dann-msda init sketch s0 row ran another configuration than the arm gives now (steps 300 -> 600)" in stale.stderr
+    assert len(out.read_text().splitlines()) == 2

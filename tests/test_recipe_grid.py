@@ -112,6 +112,40 @@ def test_every_recipe_is_a_valid_run_configuration_that_differs_from_the_default
     assert batch32.batch_size * batch32.steps == 16 * 600 and batch32.steps // batch32.eval_every == 600 // 60
 
 
+def test_a_finished_row_that_ran_another_configuration_than_its_recipe_gives_now_stops_the_grid(tmp_path):
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_grid", SCRIPT)
+    recipe_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe_grid)
+    args = argparse.Namespace(dataset="pacs", data_root=str(tmp_path / "no-data"), tracking_uri="sqlite:///x.db", experiment="grid")
+    wanted = recipe_grid.job_config(args, "default", "erm", "none", None, "sketch", 0, [])
+    logged = {k: v for k, v in wanted.to_dict().items() if k not in ("data_root", "tracking_uri", "resume", "quiet")}
+    row = {"recipe": "default", "base": "erm", "meta": "none", "protocol": "default", "target": "sketch", "seed": 0,
+           "test_acc": 0.8, "live_test_acc": 0.8, "seconds": 60.0, "config": logged,
+           "hparams_resolved": recipe_grid.resolved_hparams(wanted)}
+    assert recipe_grid.stale_fields(row, wanted) == []
+    # a swad run trained what --average none selects from (its live checkpoint): the same job
+    assert recipe_grid.stale_fields({**row, "config": {**logged, "average": "swad"}}, wanted) == []
+    assert recipe_grid.stale_fields({**row, "config": {**logged, "average": "swad"}, "live_test_acc": None}, wanted) == ["average 'swad' -> 'none'"]
+    # a registry default that moved since the row ran (only rows recording every hyperparameter can tell)
+    moved = {**row["hparams_resolved"], "lr": 1.0}
+    assert recipe_grid.stale_fields({**row, "hparams_resolved": moved}, wanted) == [f"lr 1.0 -> {row['hparams_resolved']['lr']!r}"]
+    out = tmp_path / "erm.jsonl"
+    old_default = {**row, "config": {**logged, "steps": 300}}
+    out.write_text(json.dumps(old_default) + "\n")
+    argv = [sys.executable, str(SCRIPT), "--recipes", "default", "--targets", "sketch", "--seeds", "0", "--out", str(out),
+            "--data-root", str(tmp_path / "no-data"), "--tracking-uri", f"sqlite:///{tmp_path / 'db.sqlite'}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "ran another configuration than recipe 'default' gives now (steps 300 -> 600)" in proc.stderr
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [old_default]  # nothing rerun, nothing lost
+    out.write_text(json.dumps(row) + "\n")
+    proc = subprocess.run(argv + ["--plan"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr  # the matching row counts as done
+
+
 def test_ablation_table_pairs_each_lever_with_the_default_on_shared_cells_and_reports_its_speed(tmp_path):
     def row(recipe, target, seed, acc, speed, seconds=600.0):
         return {"recipe": recipe, "base": "erm", "meta": "none", "protocol": "default", "target": target, "seed": seed,

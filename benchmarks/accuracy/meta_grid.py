@@ -125,9 +125,7 @@ def warm_start_file(rows: list[dict], family: str, target: str, seed: int, track
     return MlflowClient(tracking_uri).download_artifacts(base["run_id"], "model/network.pt", str(folder))
 
 
-#: RunConfig keys that do not change what a run trains (where it logs, how it resumes, which device it
-#: runs on: rows written before ``device`` existed lack it)
-UNTRAINED_KEYS = ("data_root", "tracking_uri", "resume", "quiet", "experiment", "run_name", "device")
+UNTRAINED_KEYS = recipe_grid.UNTRAINED_KEYS
 
 
 def base_arm_config(args, family: str, target: str, seed: int) -> dict:
@@ -181,6 +179,23 @@ def job_minutes(rows: list[dict], family: str, arm: str) -> float:
     return recipe_grid.expected_minutes(arm_seconds(rows, family, arm))
 
 
+def check_finished_rows(args, out: Path, jobs: list[tuple]) -> None:
+    """Stop before running anything if a finished row of these jobs ran another configuration than its arm
+    gives now (``recipe_grid.stale_fields``: e.g. a default changed since)."""
+    finished = {job_key(r): r for r in recipe_grid.read_rows(out)}
+    for family, arm, target, seed in jobs:
+        row = finished.get((family, arm, target, seed))
+        if row is None:
+            continue
+        base, protocol, _ = FAMILIES[family]
+        meta, sets = arm_options(family, arm)
+        wanted = recipe_grid.job_config(args, "default", base, meta, protocol, target, seed, sets + args.set)
+        stale = recipe_grid.stale_fields(row, wanted, ignore=("warm_start",))
+        if stale:
+            raise SystemExit(f"{out}: the finished {family} {arm} {target} s{seed} row ran another configuration than the arm "
+                             f"gives now ({'; '.join(stale)}); move that row to another file and rerun")
+
+
 def run_grid(args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +214,7 @@ def run_grid(args) -> None:
             raise SystemExit(f"--base-from {path}: no such result file; give a recipe_grid.py --out file")
     reusable = [(Path(path).name, r) for path in args.base_from for r in recipe_grid.read_rows(Path(path))]
     deadline = recipe_grid.deadline_of(args.until, time.time()) if args.until else None
+    check_finished_rows(args, out, jobs)
     for family, arm, target, seed in jobs:
         rows = recipe_grid.read_rows(out)
         if (family, arm, target, seed) in {job_key(r) for r in rows}:

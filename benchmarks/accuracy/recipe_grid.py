@@ -151,6 +151,42 @@ def job_config(args, recipe_name: str, base: str, meta: str, protocol: str | Non
     )
 
 
+#: RunConfig keys that do not change what a run trains (where it logs, how it resumes, which device it
+#: runs on: rows written before ``device`` existed lack it)
+UNTRAINED_KEYS = ("data_root", "tracking_uri", "resume", "quiet", "experiment", "run_name", "device")
+
+
+def resolved_hparams(config) -> dict:
+    """Every hyperparameter a job runs with: the registry's defaults under the job's overrides."""
+    from dgmeta.hparams import apply_overrides, default_hparams
+
+    return apply_overrides(default_hparams(config.base, config.meta), config.hparams)
+
+
+def stale_fields(row: dict, wanted, ignore: tuple[str, ...] = ()) -> list[str]:
+    """How a finished row's run differs from the job its key names today (``"steps 600 -> 400"``); empty
+    if it is that job. A changed default would otherwise leave rows of the old recipe counted as done
+    under the recipe's name. Only what both sides record is compared (a row from before a key existed is
+    trusted on it); ``--average swad|ema`` rows stand for ``--average none`` through their live
+    checkpoint, the same training; ``ignore``: hyperparameters that differ by design (a temp-file path)."""
+    from dgmeta.learners import learner_class
+
+    logged = dict(row.get("config") or {})
+    now = {k: v for k, v in wanted.to_dict().items() if k not in UNTRAINED_KEYS and k != "hparams"}
+    for config in (logged, now):  # no --protocol is the learner's own protocol
+        if config.get("protocol") is None and config.get("base"):
+            config["protocol"] = learner_class(config["base"]).default_protocol
+    if now.get("average") == "none" and row.get("live_test_acc") is not None:
+        now.pop("average")
+    diffs = [f"{k} {logged[k]!r} -> {v!r}" for k, v in now.items() if k in logged and logged[k] != v]
+    if "hparams_resolved" in row:
+        then, hparams = row["hparams_resolved"], resolved_hparams(wanted)
+    else:
+        then, hparams = logged.get("hparams", {}), wanted.hparams
+    diffs += [f"{k} {then[k]!r} -> {v!r}" for k, v in hparams.items() if k in then and k not in ignore and then[k] != v]
+    return diffs
+
+
 def run_one(args) -> None:
     """Child process: one job; prints its result as the last JSON line."""
     from dgmeta.runs.experiment import run_experiment
@@ -168,6 +204,7 @@ def run_one(args) -> None:
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "images_per_second": run.images_per_second, "run_id": run.run_id,
         "config": {k: v for k, v in config.to_dict().items() if k not in ("data_root", "tracking_uri", "resume", "quiet")},
+        "hparams_resolved": resolved_hparams(config),
         **({"curve": curve} if curve is not None else {}),
         **{field: summary for field, summary in meta_summaries.items() if summary is not None},
     }))
@@ -213,11 +250,22 @@ def curve_points(tracking_uri: str, run_id: str) -> list[dict]:
 def run_grid(args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {job_key(r) for r in read_rows(out)}
+    finished = {job_key(r): r for r in read_rows(out)}
     for recipe in args.recipes.split(","):
         if recipe not in RECIPES:
             raise SystemExit(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
     jobs = [(r, t, int(s)) for s in args.seeds.split(",") for t in args.targets.split(",") for r in args.recipes.split(",")]
+    done = set()
+    for recipe, target, seed in jobs:  # all checked before anything runs
+        key = (recipe, args.base, args.meta, args.protocol or "default", target, seed)
+        if key in finished:
+            stale = stale_fields(finished[key], job_config(args, recipe, args.base, args.meta, args.protocol, target, seed, args.set))
+            if stale:
+                raise SystemExit(
+                    f"{out}: the finished {recipe} {args.base}+{args.meta} {target} s{seed} row ran another configuration than "
+                    f"recipe {recipe!r} gives now ({'; '.join(stale)}); rename that row's recipe to what it ran, or move it "
+                    "to another file, and rerun")
+            done.add(key)
     deadline = deadline_of(args.until, time.time()) if args.until else None
     for recipe, target, seed in jobs:
         row = {"recipe": recipe, "base": args.base, "meta": args.meta, "protocol": args.protocol or "default", "target": target, "seed": seed}
