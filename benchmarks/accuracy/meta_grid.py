@@ -125,28 +125,19 @@ def warm_start_file(rows: list[dict], family: str, target: str, seed: int, track
     return MlflowClient(tracking_uri).download_artifacts(base["run_id"], "model/network.pt", str(folder))
 
 
-UNTRAINED_KEYS = recipe_grid.UNTRAINED_KEYS
-
-
 def base_arm_config(args, family: str, target: str, seed: int) -> dict:
     """The configuration the base arm of (family, target, seed) runs, protocol resolved."""
     base, protocol, _ = FAMILIES[family]
     config = recipe_grid.job_config(args, "default", base, "none", protocol, target, seed, args.set).to_dict()
-    return {k: v for k, v in config.items() if k not in UNTRAINED_KEYS}
+    return recipe_grid.resolved_config(config)
 
 
-def resolved_config(config: dict) -> dict:
-    from dgmeta.learners import learner_class
-
-    resolved = {k: v for k, v in config.items() if k not in UNTRAINED_KEYS}
-    resolved["protocol"] = config.get("protocol") or learner_class(config["base"]).default_protocol
-    return resolved
 
 
 def reusable_base_row(candidates: list[tuple[str, dict]], args, family: str, target: str, seed: int) -> tuple[str, dict] | None:
     """``(file name, row)`` of a finished run of another grid that is exactly this base arm, or None."""
     wanted = base_arm_config(args, family, target, seed)
-    usable = [(name, row, resolved_config(row["config"])) for name, row in candidates if "config" in row and not row.get("set")]
+    usable = [(name, row, recipe_grid.resolved_config(row["config"])) for name, row in candidates if "config" in row and not row.get("set")]
     for name, row, config in usable:
         if config == wanted:
             return name, row

@@ -156,6 +156,17 @@ def job_config(args, recipe_name: str, base: str, meta: str, protocol: str | Non
 UNTRAINED_KEYS = ("data_root", "tracking_uri", "resume", "quiet", "experiment", "run_name", "device")
 
 
+def resolved_config(config: dict) -> dict:
+    """A logged or planned RunConfig as what it trains: the untrained keys dropped, no ``--protocol``
+    resolved to the learner's own."""
+    from dgmeta.learners import learner_class
+
+    resolved = {k: v for k, v in config.items() if k not in UNTRAINED_KEYS}
+    if resolved.get("base"):
+        resolved["protocol"] = config.get("protocol") or learner_class(config["base"]).default_protocol
+    return resolved
+
+
 def resolved_hparams(config) -> dict:
     """Every hyperparameter a job runs with: the registry's defaults under the job's overrides."""
     from dgmeta.hparams import apply_overrides, default_hparams
@@ -169,13 +180,8 @@ def stale_fields(row: dict, wanted, ignore: tuple[str, ...] = ()) -> list[str]:
     under the recipe's name. Only what both sides record is compared (a row from before a key existed is
     trusted on it); ``--average swad|ema`` rows stand for ``--average none`` through their live
     checkpoint, the same training; ``ignore``: hyperparameters that differ by design (a temp-file path)."""
-    from dgmeta.learners import learner_class
-
-    logged = dict(row.get("config") or {})
-    now = {k: v for k, v in wanted.to_dict().items() if k not in UNTRAINED_KEYS and k != "hparams"}
-    for config in (logged, now):  # no --protocol is the learner's own protocol
-        if config.get("protocol") is None and config.get("base"):
-            config["protocol"] = learner_class(config["base"]).default_protocol
+    logged = resolved_config(row.get("config") or {})
+    now = {k: v for k, v in resolved_config(wanted.to_dict()).items() if k != "hparams"}
     if now.get("average") == "none" and row.get("live_test_acc") is not None:
         now.pop("average")
     diffs = [f"{k} {logged[k]!r} -> {v!r}" for k, v in now.items() if k in logged and logged[k] != v]
