@@ -48,7 +48,7 @@ RECIPES: dict[str, dict] = {
     # the default's training resolution, tested at it too: separates FixRes's test-time upscaling from
     # the training resolution itself (train224 changes both)
     "res176": {"image_size": 176, "train_image_size": 176},
-    # train224 for two thirds of the steps: its first runs selected steps 420-480 of 600 by source
+    # train224 for two thirds of the steps: its runs selected steps 420-540 of 600 by source
     # validation, so a shorter schedule at 224 px may keep the gain in less time than the default takes
     "train224-400": {"train_image_size": 224, "steps": 400, "eval_every": 40},
     "freeze0": {"hparams": {"freeze_levels": 0}},
