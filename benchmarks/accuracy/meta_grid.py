@@ -132,8 +132,6 @@ def base_arm_config(args, family: str, target: str, seed: int) -> dict:
     return recipe_grid.resolved_config(config)
 
 
-
-
 def reusable_base_row(candidates: list[tuple[str, dict]], args, family: str, target: str, seed: int) -> tuple[str, dict] | None:
     """``(file name, row)`` of a finished run of another grid that is exactly this base arm, or None."""
     wanted = base_arm_config(args, family, target, seed)
